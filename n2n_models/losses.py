@@ -1,0 +1,43 @@
+"""Training losses named by the report and the Noise2Noise paper: l2, l1, hdr, annealed l0.
+
+Each loss maps (prediction, target, progress) to the per-sample loss, shape (N,), so that fused
+seed replicas and plain training reduce it the same way. `progress` is the fraction of training
+done, in [0, 1]; only the annealed L0 loss uses it.
+"""
+import torch
+
+LOSSES = ("l2", "l1", "hdr", "l0")
+
+
+def _per_sample(x: torch.Tensor) -> torch.Tensor:
+    return x.flatten(1).mean(1)
+
+
+def l2(pred: torch.Tensor, target: torch.Tensor, progress: float = 0.0) -> torch.Tensor:
+    return _per_sample((pred - target) ** 2)
+
+
+def l1(pred: torch.Tensor, target: torch.Tensor, progress: float = 0.0) -> torch.Tensor:
+    return _per_sample((pred - target).abs())
+
+
+def hdr(pred: torch.Tensor, target: torch.Tensor, progress: float = 0.0) -> torch.Tensor:
+    """The Noise2Noise paper's HDR loss (f - y)^2 / (f + 0.01)^2, no gradient through the denominator."""
+    return _per_sample((pred - target) ** 2 / (pred.detach() + 0.01) ** 2)
+
+
+def l0_gamma(progress: float) -> float:
+    """Annealing schedule of the L0 loss: gamma goes linearly from 2 to 0 over training."""
+    return 2.0 * (1.0 - min(max(progress, 0.0), 1.0))
+
+
+def l0(pred: torch.Tensor, target: torch.Tensor, progress: float = 0.0) -> torch.Tensor:
+    """Annealed L0: (|f - y| + 1e-8) ** gamma with gamma = l0_gamma(progress)."""
+    return _per_sample(((pred - target).abs() + 1e-8) ** l0_gamma(progress))
+
+
+def get_loss(name: str):
+    """The loss function called `name` (one of LOSSES)."""
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
+    return globals()[name]

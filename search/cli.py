@@ -1,0 +1,143 @@
+"""Command-line parsing for `search/run.py`: flags -> Experiment, and bad usage -> exit 2."""
+from __future__ import annotations
+
+import argparse
+import datetime
+import math
+import os
+import sys
+
+from .budgets import BUDGETS
+from .experiment import Experiment, is_uri
+from .spaces import SPACES
+
+SEARCHERS = ("optuna", "random", "grid")
+SCHEDULERS = ("asha", "fifo")
+
+
+class UsageError(Exception):
+    """Bad usage or bad input: reported as one line on stderr, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, no usage dump
+        raise UsageError(f"{message} (see --help)")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="search/run.py", description="Hyperparameter search for Noise2Noise denoisers "
+                "(TNet, UNet, BaseNet) with Ray Tune, Optuna (TPE) and ASHA.")
+    p.add_argument("--space", default="tnet", help="search space: " + ", ".join(
+        f"{k} ({v.description})" for k, v in SPACES.items()))
+    p.add_argument("--searcher", help="optuna (TPE, default for searches), random, grid (default for grid spaces)")
+    p.add_argument("--scheduler", help="asha (default for searches) or fifo (default for grid spaces)")
+    p.add_argument("--budget", default="quick", help="; ".join(f"{k}: {v.description}" for k, v in BUDGETS.items()))
+    p.add_argument("--num-samples", type=_positive_int, help="configurations to try (searches)")
+    p.add_argument("--seeds", type=_positive_int, help="replicas per configuration (mean ± std reported)")
+    p.add_argument("--epochs", type=_positive_int)
+    p.add_argument("--train-size", type=_positive_int, help="training pairs")
+    p.add_argument("--val-size", type=_positive_int, help="validation images")
+    p.add_argument("--data", default="photos", help="photos (built in), synthetic, folder:DIR or epfl:DIR")
+    p.add_argument("--noise", default="pixelate",
+                   help="pixelate, gaussian:SIGMA, poisson:LAMBDA, impulse:P, bernoulli:P or text")
+    p.add_argument("--data-seed", type=int, default=0, help="seed of the generated data set")
+    p.add_argument("--search-seed", type=int, default=0, help="seed of the searcher")
+    p.add_argument("--cpus-per-trial", type=_non_negative_float, default=1.0)
+    p.add_argument("--gpus-per-trial", type=_non_negative_float,
+                   help="GPU share per trial, e.g. 0.25 (default 0.25 when the cluster has GPUs, else 0)")
+    p.add_argument("--max-concurrent", type=_positive_int, help="default: the trial slots the cluster has")
+    p.add_argument("--storage", default="runs", help="results folder or URI (s3://...); default ./runs")
+    p.add_argument("--name", help="experiment name (default: SPACE-DATE-TIME)")
+    p.add_argument("--resume", action="store_true", help="continue STORAGE/NAME (default: the newest of the space)")
+    p.add_argument("--address", help="join a running Ray cluster (e.g. auto); default: start a local Ray")
+    p.add_argument("--fused", choices=["auto", "on", "off"], default="auto",
+                   help="train a trial's seeds as one batched computation (auto: on GPUs)")
+    return p
+
+
+def parse(argv: list[str] | None = None) -> tuple[Experiment, argparse.Namespace]:
+    """Flags -> Experiment; raises UsageError for anything a user must fix."""
+    args = build_parser().parse_args(argv)
+    if args.space not in SPACES:
+        raise UsageError(f"unknown space {args.space!r}; choose one of {', '.join(SPACES)}")
+    if args.budget not in BUDGETS:
+        raise UsageError(f"unknown budget {args.budget!r}; choose one of {', '.join(BUDGETS)}")
+    space, budget = SPACES[args.space], BUDGETS[args.budget]
+    searcher = args.searcher or ("grid" if space.is_grid else "optuna")
+    scheduler = args.scheduler or ("fifo" if space.is_grid else "asha")
+    if searcher not in SEARCHERS:
+        raise UsageError(f"unknown searcher {searcher!r}; choose one of {', '.join(SEARCHERS)}")
+    if scheduler not in SCHEDULERS:
+        raise UsageError(f"unknown scheduler {scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
+    if space.is_grid and searcher != "grid":
+        raise UsageError(f"space {space.name!r} is the report's fixed grid; run it with --searcher grid")
+    if searcher == "grid" and not space.is_grid:
+        raise UsageError(f"--searcher grid needs a discrete space, but {space.name!r} has continuous "
+                         f"parameters ({', '.join(space.continuous_keys())}); use optuna or random")
+    gpus = args.gpus_per_trial
+    if gpus is not None and gpus > 1 and gpus != int(gpus):
+        raise UsageError(f"--gpus-per-trial {gpus:g}: a share above 1 must be a whole number of GPUs")
+    _check_data(args.data, args.noise)
+    storage = args.storage if is_uri(args.storage) else os.path.abspath(os.path.expanduser(args.storage))
+    name = args.name or f"{space.name}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    if "/" in name or name in (".", ".."):
+        raise UsageError(f"--name {name!r} must be a plain folder name")
+    data = args.data
+    if data.startswith(("folder:", "epfl:")):  # resolve here: trials run in other directories
+        kind, _, folder = data.partition(":")
+        data = f"{kind}:{os.path.abspath(os.path.expanduser(folder))}"
+    experiment = Experiment(
+        space=space.name, searcher=searcher, scheduler=scheduler, budget=args.budget,
+        num_samples=len(space.cells) if space.is_grid else (args.num_samples or budget.num_samples),
+        seeds=args.seeds or space.seeds or budget.seeds, epochs=args.epochs or budget.epochs,
+        train_size=args.train_size or budget.train_size, val_size=args.val_size or budget.val_size,
+        data=data, noise=args.noise, data_seed=args.data_seed, search_seed=args.search_seed,
+        cpus_per_trial=args.cpus_per_trial, gpus_per_trial=gpus, max_concurrent=args.max_concurrent,
+        storage=storage, name=name, fused={"auto": None, "on": True, "off": False}[args.fused],
+    )
+    return experiment, args
+
+
+def _check_data(data: str, noise: str):
+    from n2n_models.data import DataError, parse_data_spec, parse_noise_spec
+
+    try:
+        parse_data_spec(data)
+        parse_noise_spec(noise)
+    except DataError as e:
+        raise UsageError(str(e)) from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        experiment, args = parse(argv)
+        from .tuning import run_experiment
+
+        return run_experiment(experiment, resume=args.resume, name_given=args.name is not None,
+                              address=args.address)
+    except UsageError as e:
+        print(f"search/run.py: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("search/run.py: interrupted; continue with --resume", file=sys.stderr)
+        return 130

@@ -1,0 +1,42 @@
+"""Progress lines on stderr while a search runs: trials done, running, the best so far."""
+from __future__ import annotations
+
+import time
+
+from ray import tune
+
+
+class ProgressLog(tune.Callback):
+    """One line when a trial ends and at most every `every` seconds otherwise."""
+
+    def __init__(self, total: int, log, every: float = 15.0):
+        self.total, self.log, self.every = total, log, every
+        self.start = self.last = time.time()
+        self.best = None  # (val_psnr, trial_id, epoch)
+        self.done = 0
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        value = result.get("val_psnr")
+        if value is not None and value == value and (self.best is None or value > self.best[0]):
+            self.best = (value, trial.trial_id, result.get("training_iteration"))
+        if time.time() - self.last >= self.every:
+            self._line(trials)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.done += 1
+        last = trial.last_result or {}
+        self.log(f"trial {trial.trial_id} ended after {last.get('training_iteration', 0)} epochs: "
+                 f"val_psnr {last.get('val_psnr', float('nan')):.2f} dB (best {last.get('best_val_psnr', float('nan')):.2f})")
+        self._line(trials, ended=trial)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.done += 1
+        self.log(f"trial {trial.trial_id} errored (see {trial.path}/error.txt)")
+        self._line(trials, ended=trial)
+
+    def _line(self, trials, ended=None):
+        self.last = time.time()
+        running = sum(t.status == "RUNNING" and t is not ended for t in trials)
+        best = f"best {self.best[0]:.2f} dB (trial {self.best[1]}, epoch {self.best[2]})" if self.best else "no result yet"
+        elapsed = time.time() - self.start
+        self.log(f"{self.done}/{self.total} trials ended, {running} running | {best} | {elapsed / 60:.1f} min")

@@ -1,0 +1,75 @@
+"""Named search spaces: the report's knobs as Tune search spaces, and its tables as grids."""
+from __future__ import annotations
+
+import dataclasses
+
+from ray import tune
+
+LOSSES = ["l2", "l1", "hdr"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Space:
+    """A named space. `params` is a Tune param_space; `cells`, when set, are the exact
+    configurations of a report table, run every one with `seeds` replicas."""
+
+    name: str
+    description: str
+    params: dict
+    cells: tuple = ()
+    seeds: int | None = None  # grid spaces fix the report's 5 seeds; searches take the budget's
+
+    @property
+    def is_grid(self) -> bool:
+        return bool(self.cells)
+
+    def continuous_keys(self) -> list[str]:
+        """Keys with a continuous distribution (which a grid cannot enumerate)."""
+        return [k for k, v in self.params.items()
+                if isinstance(v, tune.search.sample.Float)]
+
+
+def _cells(*rows: dict) -> tuple:
+    return tuple(rows)
+
+
+SPACES = {
+    "tnet": Space(
+        "tnet", "TNet: lr, batch norm, loss, dropout, embedding width, batch size",
+        {"model": "tnet", "lr": tune.loguniform(1e-4, 3e-3), "batchnorm": tune.choice([False, True]),
+         "loss": tune.choice(LOSSES), "dropout": tune.uniform(0.0, 0.3),
+         "width": tune.choice([16, 32, 64, 128]), "batch_size": tune.choice([16, 32, 64])},
+    ),
+    "unet": Space(
+        "unet", "Noise2Noise UNet: lr, loss, dropout, base width, batch norm",
+        {"model": "unet", "lr": tune.loguniform(1e-4, 3e-3), "loss": tune.choice(LOSSES),
+         "dropout": tune.uniform(0.0, 0.3), "width": tune.choice([24, 48, 96]),
+         "batchnorm": tune.choice([False, True]), "batch_size": 32},
+    ),
+    "basenet": Space(
+        "basenet", "BaseNet autoencoder: lr, loss, latent size",
+        {"model": "basenet", "lr": tune.loguniform(1e-4, 3e-3), "loss": tune.choice(LOSSES),
+         "latent": tune.choice([8, 16, 32]), "batch_size": 32},
+    ),
+    "lr-grid": Space(
+        "lr-grid", "the report's Table 1: TNet at lr 1e-4, 5e-4, 9e-4, 5 seeds",
+        {"model": "tnet", "lr": tune.choice([1e-4, 5e-4, 9e-4]), "loss": "l2", "batchnorm": False,
+         "width": 32, "batch_size": 32, "label": tune.choice(["TNet"])},
+        cells=_cells(*({"lr": lr, "label": "TNet"} for lr in (1e-4, 5e-4, 9e-4))),
+        seeds=5,
+    ),
+    "models": Space(
+        "models", "the report's Table 2: BaseNet, UNet, TNet, TNet+L1, TNet+BN, 5 seeds",
+        {"model": tune.choice(["basenet", "unet", "tnet"]), "lr": tune.choice([5e-4, 1e-3]),
+         "loss": tune.choice(["l2", "l1"]), "batchnorm": tune.choice([False, True]),
+         "label": tune.choice(["BaseNet", "UNet", "TNet", "TNet+L1", "TNet+BN"]), "batch_size": 32},
+        cells=_cells(
+            {"label": "BaseNet", "model": "basenet", "lr": 5e-4, "loss": "l2", "batchnorm": False},
+            {"label": "UNet", "model": "unet", "lr": 1e-3, "loss": "l2", "batchnorm": False},
+            {"label": "TNet", "model": "tnet", "lr": 5e-4, "loss": "l2", "batchnorm": False},
+            {"label": "TNet+L1", "model": "tnet", "lr": 5e-4, "loss": "l1", "batchnorm": False},
+            {"label": "TNet+BN", "model": "tnet", "lr": 5e-4, "loss": "l2", "batchnorm": True},
+        ),
+        seeds=5,
+    ),
+}

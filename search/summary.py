@@ -1,0 +1,65 @@
+"""The end of a search: the best configurations (mean ± std over seeds), the best checkpoint
+and the commands to look further."""
+from __future__ import annotations
+
+import shlex
+import sys
+
+import pandas as pd
+
+SHOWN_KEYS = ("label", "model", "lr", "loss", "batchnorm", "dropout", "width", "latent", "batch_size")
+
+
+def trial_rows(experiment, results) -> pd.DataFrame:
+    """One row per trial: its configuration, its best epoch's seed mean ± std, and its fate."""
+    rows = []
+    for result in results:
+        history = result.metrics_dataframe
+        config = result.config or {}
+        row = {k: config[k] for k in SHOWN_KEYS if k in config}
+        row["trial"] = (result.metrics or {}).get("trial_id", "")
+        if history is None or history.empty or "val_psnr" not in history:
+            row.update(epochs=0, val_psnr=float("nan"), val_psnr_std=float("nan"))
+        else:
+            best = history.loc[history["val_psnr"].fillna(-1e9).idxmax()]
+            row.update(epochs=int(history["training_iteration"].max()), best_epoch=int(best["training_iteration"]),
+                       val_psnr=best["val_psnr"], val_psnr_std=best.get("val_psnr_std", 0.0))
+        if result.error is not None:
+            row["status"] = "errored"
+        elif bool((result.metrics or {}).get("diverged", False)):
+            row["status"] = "diverged"
+        elif row["epochs"] < experiment.epochs:
+            row["status"] = "stopped early"
+        else:
+            row["status"] = "finished"
+        row["_result"] = result
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def print_summary(experiment, results, seconds: float, top: int = 10) -> None:
+    df = trial_rows(experiment, results)
+    out = sys.stdout
+    counts = df["status"].value_counts().to_dict() if not df.empty else {}
+    print(f"\nSearch {experiment.name} done in {seconds / 60:.1f} min: {len(df)} trials "
+          f"({', '.join(f'{v} {k}' for k, v in counts.items())})", file=out)
+    ok = df[df["status"] != "errored"].dropna(subset=["val_psnr"]) if not df.empty else df
+    if ok.empty:
+        print("No trial produced a result.", file=out)
+        return
+    ok = ok.sort_values("val_psnr", ascending=False)
+    noisy = results[0].metrics.get("noisy_psnr") if results[0].metrics else None
+    table = ok.drop(columns=["_result"]).head(top).copy()
+    psnr = [f"{m:.2f} ± {s:.2f}" for m, s in zip(table.pop("val_psnr"), table.pop("val_psnr_std"))]
+    table.insert(len(table.columns) - 1, "PSNR (dB)", psnr)
+    if noisy is not None:
+        print(f"Noisy input: {noisy:.2f} dB. Best configurations (seed mean ± std at each trial's best epoch, "
+              f"{experiment.seeds} seed{'s' if experiment.seeds > 1 else ''}):", file=out)
+    print(table.to_string(index=False), file=out)
+    best = ok.iloc[0]["_result"]
+    checkpoint = best.get_best_checkpoint("val_psnr", "max")
+    print(f"\nBest: {ok.iloc[0]['val_psnr']:.2f} dB; checkpoint: {checkpoint.path if checkpoint else '(none)'}",
+          file=out)
+    path = shlex.quote(experiment.path)
+    print(f"Compare trials:  tensorboard --logdir {path}", file=out)
+    print(f"Write the report: python analysis/report.py {path}", file=out)

@@ -1,0 +1,174 @@
+"""Searcher, scheduler and Tuner set-up for one Experiment; start or join Ray; run or resume."""
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+
+import ray
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search.basic_variant import BasicVariantGenerator
+
+from trainables import make_trainable
+
+from .cli import UsageError
+from .experiment import EXPERIMENT_FILE, Experiment, is_uri
+from .spaces import SPACES
+from .progress import ProgressLog
+from .summary import print_summary
+
+METRIC, MODE = "val_psnr", "max"
+
+
+def log(message: str):
+    print(f"[n2n-search] {message}", file=sys.stderr, flush=True)
+
+
+def param_space(experiment: Experiment) -> dict:
+    space = SPACES[experiment.space]
+    constants = {"epochs": experiment.epochs, "seeds": experiment.seeds, "fused": experiment.fused}
+    return {**space.params, **constants}
+
+
+def make_searcher(experiment: Experiment, slots: int):
+    space = SPACES[experiment.space]
+    if experiment.searcher == "optuna":
+        import optuna
+        from ray.tune.search.optuna import OptunaSearch
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+        return OptunaSearch(seed=experiment.search_seed)  # TuneConfig.max_concurrent_trials limits it
+    if experiment.searcher == "grid":
+        return BasicVariantGenerator(points_to_evaluate=[dict(c) for c in space.cells],
+                                     max_concurrent=slots, random_state=experiment.search_seed)
+    return BasicVariantGenerator(max_concurrent=slots, random_state=experiment.search_seed)
+
+
+def trial_name(trial) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+def make_scheduler(experiment: Experiment):
+    if experiment.scheduler == "asha":
+        return ASHAScheduler(time_attr="training_iteration", max_t=experiment.epochs,
+                             grace_period=max(1, experiment.epochs // 4), reduction_factor=2)
+    return FIFOScheduler()
+
+
+def connect(address: str | None):
+    """Join `address`, or start a local Ray on this machine that listens on loopback only."""
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our ProgressLog replaces Tune's console tables
+    if address:
+        try:
+            ray.init(address=address, logging_level="WARNING")
+        except ConnectionError as e:
+            raise UsageError(f"cannot reach a Ray cluster at --address {address}: {e}") from None
+    else:
+        ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False,
+                 logging_level="WARNING")
+
+
+def trial_resources(experiment: Experiment) -> tuple[float, float, int]:
+    """(cpus, gpus) per trial and the number of trials the cluster can run at once."""
+    total = ray.cluster_resources()
+    cpus, gpus_total = experiment.cpus_per_trial, total.get("GPU", 0)
+    gpus = experiment.gpus_per_trial
+    if gpus is None:
+        gpus = 0.25 if gpus_total > 0 else 0.0
+    if gpus > 0 and gpus_total == 0:
+        log(f"warning: --gpus-per-trial {gpus:g} but the cluster has no GPU now; trials wait for GPU nodes")
+    slot_counts = []
+    if cpus > 0:
+        slot_counts.append(math.floor(total.get("CPU", 0) / cpus + 1e-9))
+    if gpus > 0:
+        slot_counts.append(math.floor(gpus_total / gpus + 1e-9))
+    slots = experiment.max_concurrent or max(1, min(slot_counts) if slot_counts else 1)
+    return cpus, gpus, slots
+
+
+def load_data(experiment: Experiment) -> dict:
+    from n2n_models.data import DataError, load_pairs
+
+    start = time.time()
+    try:
+        pairs = load_pairs(experiment.data, experiment.noise, train_size=experiment.train_size,
+                           val_size=experiment.val_size, seed=experiment.data_seed, progress=log)
+    except DataError as e:
+        raise UsageError(str(e)) from None
+    log(f"data: {experiment.data} + {experiment.noise}, {experiment.train_size} pairs, "
+        f"{experiment.val_size} validation images ({time.time() - start:.1f} s)")
+    names = ("train_a", "train_b", "val_noisy", "val_clean")
+    return {k: getattr(pairs, k).numpy() for k in names}
+
+
+def newest_experiment(storage: str, space: str) -> str | None:
+    if is_uri(storage) or not os.path.isdir(storage):
+        return None
+    names = [n for n in os.listdir(storage)
+             if n.startswith(f"{space}-") and os.path.exists(os.path.join(storage, n, EXPERIMENT_FILE))]
+    return max(names, key=lambda n: os.path.getmtime(os.path.join(storage, n)), default=None)
+
+
+def resolve_resume(experiment: Experiment, name_given: bool) -> Experiment:
+    name = experiment.name if name_given else newest_experiment(experiment.storage, experiment.space)
+    path = f"{experiment.storage.rstrip('/')}/{name}" if name else None
+    if not path or not tune.Tuner.can_restore(path):
+        where = path or f"{experiment.storage} (no experiment of space {experiment.space!r})"
+        raise UsageError(f"--resume: no experiment to resume at {where}; check --storage and --name")
+    try:
+        saved = Experiment.load(path)
+    except (OSError, ValueError, TypeError) as e:
+        raise UsageError(f"--resume: {path} was not written by search/run.py ({e})") from None
+    # resources may change between runs (a bigger cluster); what is searched may not
+    saved.cpus_per_trial, saved.gpus_per_trial = experiment.cpus_per_trial, experiment.gpus_per_trial
+    saved.max_concurrent, saved.storage = experiment.max_concurrent, experiment.storage
+    return saved
+
+
+def run_experiment(experiment: Experiment, resume: bool = False, name_given: bool = True,
+                   address: str | None = None) -> int:
+    if resume:
+        experiment = resolve_resume(experiment, name_given)
+    elif not is_uri(experiment.path) and os.path.exists(os.path.join(experiment.path, EXPERIMENT_FILE)):
+        raise UsageError(f"experiment {experiment.path} exists; add --resume to continue it or pick another --name")
+    data = load_data(experiment)
+    connect(address)
+    cpus, gpus, slots = trial_resources(experiment)
+    trainable = make_trainable(data, cpus=cpus, gpus=gpus)
+    log(f"{'resuming' if resume else 'starting'} {experiment.path}: space {experiment.space}, "
+        f"{experiment.searcher} + {experiment.scheduler}, {experiment.num_samples} configurations x "
+        f"{experiment.seeds} seeds, {experiment.epochs} epochs; {slots} trials at a time "
+        f"({cpus:g} CPU, {gpus:g} GPU each)")
+    if resume:
+        tuner = tune.Tuner.restore(experiment.path, trainable=trainable, resume_errored=True)
+    else:
+        experiment.save()
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space(experiment),
+            tune_config=tune.TuneConfig(
+                metric=METRIC, mode=MODE, search_alg=make_searcher(experiment, slots),
+                scheduler=make_scheduler(experiment), num_samples=experiment.num_samples,
+                max_concurrent_trials=slots, reuse_actors=True,
+                trial_name_creator=trial_name, trial_dirname_creator=trial_name,
+            ),
+            run_config=tune.RunConfig(
+                name=experiment.name, storage_path=experiment.storage,
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=METRIC,
+                                                        checkpoint_score_order=MODE),
+                failure_config=tune.FailureConfig(max_failures=2),
+                sync_config=tune.SyncConfig(sync_artifacts=True),
+                callbacks=[ProgressLog(experiment.num_samples, log)],
+                verbose=0,
+            ),
+        )
+    start = time.time()
+    results = tuner.fit()
+    print_summary(experiment, results, time.time() - start)
+    return 0

@@ -1,0 +1,147 @@
+"""The Noise2Noise trainable: trains `seeds` replicas of one configuration and reports, every
+epoch, their mean and spread with a checkpoint; resumes from `tune.get_checkpoint()`.
+
+The trial's device comes from `ray.get_gpu_ids()` (a fractional GPU share or none); the data
+arrives through `tune.with_parameters` from the object store, loaded once by the driver.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+import time
+import warnings
+
+import numpy as np
+import ray
+import torch
+from ray import tune
+
+from n2n_models import build_model, count_parameters
+from n2n_models.metrics import psnr_uint8
+from n2n_models.train import ReplicaTrainer, TrainSpec
+
+# What a trial trains when its config leaves a key out.
+TRIAL_DEFAULTS = {
+    "model": "tnet", "lr": 5e-4, "batch_size": 32, "loss": "l2", "epochs": 10, "seeds": 1, "seed": 0,
+    "width": None, "batchnorm": False, "dropout": 0.0, "latent": 8, "grid_images": 8,
+}
+MODEL_HPARAMS = {"tnet": ("width", "batchnorm", "dropout"), "unet": ("width", "batchnorm", "dropout"),
+                 "basenet": ("latent",)}
+CHECKPOINT_FILE = "trainer.pt"
+
+
+def spec_from_config(config: dict) -> TrainSpec:
+    """The TrainSpec a trial config describes (unset keys from TRIAL_DEFAULTS)."""
+    c = {**TRIAL_DEFAULTS, **config}
+    hparams = {k: c[k] for k in MODEL_HPARAMS[c["model"]] if c[k] is not None}
+    for key, cast in (("width", int), ("latent", int), ("batchnorm", bool), ("dropout", float)):
+        if key in hparams:
+            hparams[key] = cast(hparams[key])
+    first = int(c["seed"])
+    return TrainSpec(model=c["model"], hparams=hparams, lr=float(c["lr"]), batch_size=int(c["batch_size"]),
+                     epochs=int(c["epochs"]), loss=c["loss"], seeds=tuple(range(first, first + int(c["seeds"]))))
+
+
+def trial_device() -> torch.device:
+    gpu_ids = ray.get_gpu_ids()
+    if gpu_ids and torch.cuda.is_available():
+        return torch.device("cuda", 0)  # Ray sets CUDA_VISIBLE_DEVICES to the trial's GPU
+    return torch.device("cpu")
+
+
+def _load_checkpoint(trainer: ReplicaTrainer) -> dict:
+    """Restore from the trial's latest checkpoint; returns its extra state ({} for a fresh start).
+    A damaged checkpoint is reported and training starts afresh rather than failing the search."""
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return {}
+    try:
+        with checkpoint.as_directory() as d:
+            state = torch.load(os.path.join(d, CHECKPOINT_FILE), map_location=trainer.device, weights_only=True)
+        trainer.load_state_dict(state["trainer"])
+        return state["extra"]
+    except Exception as e:  # noqa: BLE001 - any unreadable checkpoint means: start over
+        warnings.warn(f"checkpoint {checkpoint.path} is unreadable ({e}); training this trial from the start")
+        return {}
+
+
+def train_n2n(config: dict, data: dict | None = None):
+    """Function trainable. `data` holds uint8 arrays train_a, train_b, val_noisy, val_clean."""
+    for name in ("ray.tune", "ray.train"):  # keep the driver's console to our progress lines
+        logging.getLogger(name).setLevel(logging.WARNING)
+    started = time.time()
+    spec = spec_from_config(config)
+    device = trial_device()
+    threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
+    if threads > 0:
+        torch.set_num_threads(threads)
+    arrays = {k: torch.as_tensor(np.array(v)).to(device) for k, v in data.items()}
+    trainer = ReplicaTrainer(spec, device=device, fused=config.get("fused"))
+    extra = _load_checkpoint(trainer)
+    best, best_epoch = extra.get("best_val_psnr", -math.inf), extra.get("best_epoch", 0)
+    params = count_parameters(build_model(spec.model, **spec.hparams))
+    noisy_psnr = psnr_uint8(arrays["val_noisy"], arrays["val_clean"])
+    grid = ImageGrid(int(config.get("grid_images", TRIAL_DEFAULTS["grid_images"])))
+    while trainer.epoch < spec.epochs:
+        losses = trainer.train_epoch(arrays["train_a"], arrays["train_b"])
+        diverged = not bool(torch.isfinite(losses).all())
+        seed_psnr = trainer.evaluate(arrays["val_noisy"], arrays["val_clean"]) if not diverged \
+            else torch.full((trainer.k,), float("nan"))
+        val_psnr = float(seed_psnr.mean())
+        if not diverged and val_psnr > best:
+            best, best_epoch = val_psnr, trainer.epoch
+            grid.write(trainer, arrays["val_noisy"], arrays["val_clean"], trainer.epoch)
+        metrics = {
+            "val_psnr": val_psnr,
+            "val_psnr_std": float(seed_psnr.std(unbiased=True)) if trainer.k > 1 else 0.0,
+            "best_val_psnr": best if best > -math.inf else float("nan"),
+            "best_epoch": best_epoch,
+            "train_loss": float(losses.mean()),
+            "noisy_psnr": noisy_psnr,
+            "params": params,
+            "epoch": trainer.epoch,
+            "diverged": diverged,
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "gpu_ids": ",".join(str(g) for g in ray.get_gpu_ids()),
+            "device": str(device),
+            "process_start": started,
+            "seed_psnr": {str(s): float(v) for s, v in zip(spec.seeds, seed_psnr)},
+            "seed_loss": {str(s): float(v) for s, v in zip(spec.seeds, losses)},
+        }
+        with tempfile.TemporaryDirectory() as d:
+            torch.save({"trainer": trainer.state_dict(),
+                        "extra": {"best_val_psnr": best, "best_epoch": best_epoch}},
+                       os.path.join(d, CHECKPOINT_FILE))
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+        if diverged:
+            return
+
+
+class ImageGrid:
+    """Noisy / denoised (first replica) / clean rows of a few validation images, written to
+    TensorBoard in the trial's folder under the tag `denoised` each time the trial improves, so
+    its last step is the trial's best epoch."""
+
+    def __init__(self, count: int):
+        self.count, self.writer = count, None
+
+    def write(self, trainer, val_noisy, val_clean, epoch: int):
+        if self.count <= 0:
+            return
+        if self.writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=tune.get_context().get_trial_dir(), filename_suffix=".images")
+        noisy, clean = val_noisy[: self.count], val_clean[: self.count]
+        rows = [noisy.cpu().float() / 255, trainer.predict(noisy)[0].cpu(), clean.cpu().float() / 255]
+        grid = torch.cat([torch.cat(list(row), dim=2) for row in rows], dim=1)  # (3, 96, count * 32)
+        self.writer.add_image("denoised", grid.clamp(0, 1), global_step=epoch)
+        self.writer.flush()
+
+
+def make_trainable(data: dict, cpus: float = 1, gpus: float = 0):
+    """The trainable with its data in the object store and its resource request attached."""
+    wrapped = tune.with_parameters(train_n2n, data=data)
+    return tune.with_resources(wrapped, {"cpu": cpus, "gpu": gpus})
