@@ -20,7 +20,7 @@ Data sources (``data``)
     20, ...) is kept for validation only. Grayscale, RGBA/LA/palette (alpha composited over black),
     16-bit and float images become 8-bit RGB; images too small for the smallest crop are
     upscaled. Other files and unreadable images are skipped and counted (``warnings.warn`` and
-    ``progress``).
+    ``progress``). All readable images are decoded into memory while a set is generated.
 ``epfl:DIR``
     The EE-559 course files ``DIR/train_data.pkl`` = ``(noisy_a, noisy_b)`` and
     ``DIR/val_data.pkl`` = ``(noisy, clean)``, loaded with ``torch.load(weights_only=True)`` only.
@@ -31,8 +31,8 @@ Noise (``noise``)
 -----------------
 Clean 32x32 images are area-averaged (box-filtered) downsamples of random crops taken at a
 random integer scale ``f`` (a 32f x 32f source region, ``f`` uniform in ``IMAGE_FACTORS`` for
-photos/folders, capped by the image size; ``SYNTHETIC_FACTORS`` for synthetic scenes), with a
-random horizontal flip.
+photos/folders, capped by the image size, with a random horizontal flip; ``SYNTHETIC_FACTORS``
+for synthetic scenes, rendered at that resolution).
 
 ``pixelate`` (default, the course's noise)
     Each noisy copy is a point sample of the source region: every output pixel takes one
@@ -43,7 +43,8 @@ random horizontal flip.
 ``poisson:LAMBDA``  x in [0, 1] -> Poisson(LAMBDA * x) / LAMBDA.
 ``impulse:P``       each pixel, with probability P, replaced by a uniformly random colour.
 ``bernoulli:P``     each pixel, with probability P, set to 0 (black).
-``text``            random strings (PIL's default font) in random colours, sizes and places.
+``text``            1-6 random strings (PIL's default font) in random colours, sizes and places
+                    (about 30% of the pixels changed on average).
 
 Determinism and caching
 -----------------------
@@ -52,7 +53,8 @@ Generators. Crop positions do not depend on the noise kind, and the validation s
 depend on ``train_size``. Generated sets are cached under ``cache_dir`` (default
 :func:`default_cache_dir`) in a file keyed by a hash of the full specification (including the
 folder's file names, sizes and mtimes and ``FORMAT_VERSION``); the file is written atomically and
-a corrupt one is regenerated.
+a corrupt one is regenerated. (Synthetic scenes use float32 ``np.sin``, whose last bit may differ
+between CPU instruction sets, so bit-identical synthetic data is guaranteed per machine.)
 
 PSNR convention used for the documented numbers: images in [0, 1], per-image
 ``10*log10(1/mean((x-y)^2))``, averaged over images.
@@ -89,6 +91,7 @@ __all__ = [
     "default_cache_dir",
     "cache_path",
     "photo_files",
+    "read_image",
     "folder_split",
     "area_downsample",
     "point_sample",
@@ -106,7 +109,7 @@ FORMAT_VERSION = 1
 SIZE = 32
 #: Downsampling factors (inclusive) for photo/folder crops; tuned so that pixelate-noisy
 #: validation inputs from ``photos`` score about 20.7 dB like the course data.
-IMAGE_FACTORS = (4, 16)
+IMAGE_FACTORS = (5, 16)
 #: Supersampling factors (inclusive) at which synthetic scenes are rendered.
 SYNTHETIC_FACTORS = (2, 4)
 #: Image file suffixes read by ``folder:`` (case-insensitive).
@@ -127,8 +130,10 @@ SKIMAGE_PHOTOS = (
 )
 #: From matplotlib's ``sample_data``.
 MATPLOTLIB_PHOTOS = ("grace_hopper.jpg",)
-#: Held out of training: validation crops come only from these.
-VAL_PHOTOS = ("coffee.png", "grace_hopper.jpg")
+#: Held out of training: validation crops come only from these. The two motorcycle photos are a
+#: stereo pair of one scene, so they are held out together. With this split and IMAGE_FACTORS,
+#: pixelate-noisy validation inputs score ~20.7 dB and gaussian:25 ones ~20.3 dB (little clipping).
+VAL_PHOTOS = ("chelsea.png", "motorcycle_left.png", "motorcycle_right.png")
 
 Progress = Callable[[str], None] | None
 
@@ -148,7 +153,7 @@ def _one_line(exc: BaseException | str, limit: int = 200) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Pairs:
     """Noise2Noise data; unpacks as ``train_a, train_b, val_noisy, val_clean``."""
 
@@ -312,7 +317,9 @@ def _to_rgb8(im: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(im, dtype=np.uint8))
 
 
-def _read_rgb(path: Path) -> np.ndarray:
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read any PIL-readable image file as (H, W, 3) uint8 RGB (the conversions ``folder:``
+    applies: 16-bit /257, alpha composited over black, grayscale/palette/CMYK to RGB)."""
     with Image.open(path) as im:
         im.load()
         return _to_rgb8(im)
@@ -400,11 +407,16 @@ def _folder_identity(root: Path) -> tuple[dict, list[Path], int]:
     if not files:
         raise DataError(f"folder {str(root)!r} contains no images ({', '.join(IMAGE_SUFFIXES)}); "
                         "point folder: at a directory of photos")
-    listing = []
+    listing, kept = [], []
     for p in files:
-        st = p.stat()
+        try:
+            st = p.stat()
+        except OSError:  # vanished or unreadable: skipped like any unreadable image
+            others += 1
+            continue
         listing.append([p.relative_to(root).as_posix(), st.st_size, st.st_mtime_ns])
-    return {"kind": "folder", "path": str(root), "files": listing}, files, others
+        kept.append(p)
+    return {"kind": "folder", "path": str(root), "files": listing}, kept, others
 
 
 def _load_folder_images(root: Path, files: list[Path], others: int, min_side: int,
@@ -413,7 +425,7 @@ def _load_folder_images(root: Path, files: list[Path], others: int, min_side: in
     bad = 0
     for p in files:
         try:
-            img = _read_rgb(p)
+            img = read_image(p)
         except Exception:  # PIL raises many types for corrupt / unsupported files
             bad += 1
             continue
@@ -544,26 +556,28 @@ def _crops_from_images(images: list[np.ndarray], n: int, crop_rng: np.random.Gen
     clean = np.empty((n, 3, SIZE, SIZE), np.uint8) if need_clean else None
     noisy = [np.empty((n, 3, SIZE, SIZE), np.uint8) for _ in range(n_point)]
     order = np.lexsort((f, img))
+    si, sf = img[order], f[order]
+    starts = np.flatnonzero(np.r_[True, (si[1:] != si[:-1]) | (sf[1:] != sf[:-1])])
+    ends = np.r_[starts[1:], n]
     t0 = time.monotonic()
-    for i in range(len(images)):
-        sel_i = order[img[order] == i]
-        if not len(sel_i):
-            continue
+    current, packed, sat = -1, None, None
+    for a, b in zip(starts, ends):
+        i, fv = int(si[a]), int(sf[a])
         im = images[i]
-        packed = _pack_rgb(im) if n_point else None
-        sat = _summed_area(im) if need_clean else None
-        for fv in np.unique(f[sel_i]):
-            sel = sel_i[f[sel_i] == fv]
-            for s in range(0, len(sel), _CHUNK):
-                idx = sel[s:s + _CHUNK]
-                c, pts = _crops(packed, sat, im.shape[1], y0[idx], x0[idx], int(fv), n_point, noise_rng)
-                if c is not None:
-                    _store(clean, idx, c, flip[idx])
-                for k in range(n_point):
-                    _store(noisy[k], idx, pts[k], flip[idx])
-        if progress and time.monotonic() - t0 > 5:
-            progress(f"{label}: image {i + 1}/{len(images)}")
-            t0 = time.monotonic()
+        if i != current:
+            current = i
+            packed = _pack_rgb(im) if n_point else None
+            sat = _summed_area(im) if need_clean else None
+            if progress and time.monotonic() - t0 > 5:
+                progress(f"{label}: image {i + 1}/{len(images)}")
+                t0 = time.monotonic()
+        for s in range(a, b, _CHUNK):
+            idx = order[s:min(b, s + _CHUNK)]
+            c, pts = _crops(packed, sat, im.shape[1], y0[idx], x0[idx], fv, n_point, noise_rng)
+            if c is not None:
+                _store(clean, idx, c, flip[idx])
+            for k in range(n_point):
+                _store(noisy[k], idx, pts[k], flip[idx])
     return clean, noisy
 
 
@@ -571,7 +585,7 @@ def _crops_from_images(images: list[np.ndarray], n: int, crop_rng: np.random.Gen
 # Synthetic source: dead-leaves scenes
 # --------------------------------------------------------------------------------------------
 
-_LEAVES = 260  # shapes per scene
+_LEAVES = 420  # shapes per scene
 _RMIN, _RMAX = 0.6, 24.0  # shape radius range in output pixels (power law r^-3)
 
 
@@ -618,10 +632,10 @@ def render_synthetic(rng: np.random.Generator, count: int, f: int) -> np.ndarray
             mask = u * u + v * v < 1
         idx = (boff + ys)[:, :, None] * R + xs[:, None, :]
         flat_label[idx[mask]] = k + 1
-    # colour parameters, row 0 = background
+    # colour parameters per (image, label), label 0 = background; flattened tables
     n = K + 1
     lum = rng.uniform(20, 235, (B, n, 1))
-    base = lum + rng.normal(0, 35, (B, n, 3))
+    base = (lum + rng.normal(0, 35, (B, n, 3))).astype(np.float32).reshape(B * n, 3)
     span = np.concatenate([np.full((1,), R / 2.0), radius * s])[None, :]  # px
     grad = rng.normal(0, 1, (B, n, 2)) * (30.0 / span)[:, :, None]
     centre = np.concatenate([np.full((B, 1, 2), R / 2.0), np.stack([cy.T, cx.T], -1)], axis=1)
@@ -631,12 +645,405 @@ def render_synthetic(rng: np.random.Generator, count: int, f: int) -> np.ndarray
     amp = np.where(rng.random((B, n)) < 0.3, rng.uniform(10, 50, (B, n)), 0.0)
     amp[:, 0] = 0.0
     phase = rng.random((B, n)) * 2 * np.pi
-    params = np.concatenate([base, grad, centre, kvec, phase[..., None], amp[..., None]],
-                            axis=-1).astype(np.float32).reshape(B * n, 11)
-    p = params[label + (np.arange(B, dtype=np.int32) * n)[:, None, None]]  # (B, R, R, 11)
-    yy = (np.arange(R, dtype=np.float32) + 0.5)[None, :, None]
-    xx = (np.arange(R, dtype=np.float32) + 0.5)[None, None, :]
-    ry, rx = yy - p[..., 5], xx - p[..., 6]
-    shade = p[..., 3] * ry + p[..., 4] * rx + p[..., 10] * np.sin(p[..., 7] * ry + p[..., 8] * rx + p[..., 9])
-    out = p[..., :3] + shade[..., None]
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    # value(y, x) = base + g.(p - c) + amp * sin(k.(p - c) + phase), p = pixel centre
+    const = -(grad * centre).sum(-1) + 0.5 * grad.sum(-1)  # folds in the +0.5 pixel centre
+    kphase = phase - (kvec * centre).sum(-1) + 0.5 * kvec.sum(-1)
+    f32 = lambda a: np.ascontiguousarray(a, dtype=np.float32).reshape(-1)  # noqa: E731
+    gy, gx, gc = f32(grad[..., 0]), f32(grad[..., 1]), f32(const)
+    ky, kx, kp, am = f32(kvec[..., 0]), f32(kvec[..., 1]), f32(kphase), f32(amp)
+    lab = (label + (np.arange(B, dtype=np.int32) * n)[:, None, None]).reshape(-1)
+    pix_y = np.broadcast_to(np.arange(R, dtype=np.float32)[None, :, None], (B, R, R)).reshape(-1)
+    pix_x = np.broadcast_to(np.arange(R, dtype=np.float32)[None, None, :], (B, R, R)).reshape(-1)
+    shade = gy[lab] * pix_y
+    shade += gx[lab] * pix_x
+    shade += gc[lab]
+    striped = np.flatnonzero(am[lab])
+    if len(striped):
+        ls = lab[striped]
+        shade[striped] += am[ls] * np.sin(ky[ls] * pix_y[striped] + kx[ls] * pix_x[striped] + kp[ls])
+    shade += np.float32(0.5)  # round half up via truncation below
+    out = base[lab]
+    out += shade[:, None]
+    np.clip(out, 0, 255.5, out=out)
+    return out.astype(np.uint8).reshape(B, R, R, 3)
+
+
+def _crops_from_synthetic(n: int, crop_rng: np.random.Generator, noise_rng: np.random.Generator,
+                          n_point: int, need_clean: bool, progress: Progress, label: str):
+    """n synthetic scenes, each rendered at a random factor f and reduced like a photo crop."""
+    fmin, fmax = SYNTHETIC_FACTORS
+    f = crop_rng.integers(fmin, fmax + 1, n)
+    clean = np.empty((n, 3, SIZE, SIZE), np.uint8) if need_clean else None
+    noisy = [np.empty((n, 3, SIZE, SIZE), np.uint8) for _ in range(n_point)]
+    t0 = time.monotonic()
+    done = 0
+    for fv in range(fmin, fmax + 1):
+        sel = np.flatnonzero(f == fv)
+        batch = max(16, (1 << 20) // (SIZE * fv) ** 2)
+        for s in range(0, len(sel), batch):
+            idx = sel[s:s + batch]
+            scenes = render_synthetic(crop_rng, len(idx), fv)  # (g, R, R, 3)
+            R = SIZE * fv
+            stacked = scenes.reshape(len(idx) * R, R, 3)
+            packed = _pack_rgb(stacked) if n_point else None
+            sat = _summed_area(stacked) if need_clean else None
+            y0 = np.arange(len(idx), dtype=np.int64) * R
+            x0 = np.zeros(len(idx), np.int64)
+            c, pts = _crops(packed, sat, R, y0, x0, fv, n_point, noise_rng)
+            if c is not None:
+                _store(clean, idx, c, None)
+            for k in range(n_point):
+                _store(noisy[k], idx, pts[k], None)
+            done += len(idx)
+            if progress and time.monotonic() - t0 > 5:
+                progress(f"{label}: {done}/{n} synthetic scenes")
+                t0 = time.monotonic()
+    return clean, noisy
+
+
+# --------------------------------------------------------------------------------------------
+# Noise on clean images
+# --------------------------------------------------------------------------------------------
+
+_TEXT_BANK = 4096  # rendered text masks per set
+_TEXT_SLOTS = 6  # strings per image at most (the first always drawn)
+_TEXT_CHARS = string.ascii_letters + string.digits + "!?#&%@$*+-=<>/"
+_FONTS: dict[int, ImageFont.ImageFont | ImageFont.FreeTypeFont] = {}
+
+
+def _font(size: int):
+    if size not in _FONTS:
+        try:
+            _FONTS[size] = ImageFont.load_default(size=size)
+        except Exception:  # Pillow without FreeType: the fixed-size bitmap font
+            _FONTS[size] = ImageFont.load_default()
+    return _FONTS[size]
+
+
+def _text_bank(rng: np.random.Generator, count: int) -> np.ndarray:
+    """(count, 32, 32) uint8 alpha masks, each one random string at a random size and place."""
+    bank = np.empty((count, SIZE, SIZE), np.uint8)
+    sizes = rng.integers(9, 21, count)
+    lengths = rng.integers(2, 9, count)
+    chars = rng.integers(0, len(_TEXT_CHARS), (count, 8))
+    pos = rng.integers(-4, SIZE - 8, (count, 2))
+    canvas = Image.new("L", (SIZE, SIZE), 0)
+    draw = ImageDraw.Draw(canvas)
+    for i in range(count):
+        draw.rectangle((0, 0, SIZE, SIZE), fill=0)
+        text = "".join(_TEXT_CHARS[c] for c in chars[i, : lengths[i]])
+        draw.text((int(pos[i, 0]), int(pos[i, 1])), text, fill=255, font=_font(int(sizes[i])))
+        bank[i] = np.asarray(canvas)
+    return bank
+
+
+def apply_noise(clean: np.ndarray, noise: str | NoiseSpec, rng: np.random.Generator,
+                text_bank: np.ndarray | None = None) -> np.ndarray:
+    """Noisy copy of clean uint8 images (N, 3, H, W) (any H, W; text needs 32x32).
+    ``pixelate`` needs the high-resolution source and is not available here."""
+    spec = parse_noise_spec(noise)
+    clean = np.asarray(clean)
+    if clean.dtype != np.uint8 or clean.ndim != 4 or clean.shape[1] != 3:
+        raise DataError(f"apply_noise needs uint8 images of shape (N, 3, H, W), got "
+                        f"{clean.dtype} {clean.shape}")
+    n = clean.shape[0]
+    pshape = (n, 1) + clean.shape[2:]
+    k, p = spec.kind, spec.param
+    if k == "pixelate":
+        raise DataError("pixelate noise is made from the high-resolution source (point_sample), "
+                        "not from clean 32x32 images")
+    if k == "gaussian":
+        x = clean.astype(np.float32)
+        x += rng.standard_normal(clean.shape, dtype=np.float32) * np.float32(p)
+    elif k == "poisson":
+        x = rng.poisson(clean.astype(np.float64) * (p / 255.0)).astype(np.float64) * (255.0 / p)
+    elif k == "impulse":
+        hit = rng.random(pshape) < p
+        return np.where(hit, rng.integers(0, 256, clean.shape, dtype=np.uint8), clean)
+    elif k == "bernoulli":
+        keep = rng.random(pshape) >= p
+        return clean * keep.astype(np.uint8)
+    elif k == "text":
+        if clean.shape[2:] != (SIZE, SIZE):
+            raise DataError(f"text noise needs 32x32 images, got {clean.shape[2:]}")
+        if text_bank is None:
+            text_bank = _text_bank(rng, _TEXT_BANK)
+        x = clean.astype(np.float32)
+        for slot in range(_TEXT_SLOTS):
+            on = rng.random(n) < (1.0 if slot == 0 else 0.5)
+            pick = rng.integers(0, len(text_bank), n)
+            colour = rng.integers(0, 256, (n, 3, 1, 1)).astype(np.float32)
+            alpha = text_bank[pick][:, None].astype(np.float32) * np.float32(1 / 255)
+            alpha *= on[:, None, None, None]
+            x += alpha * (colour - x)
+    else:  # pragma: no cover - parse_noise_spec guarantees one of the kinds above
+        raise DataError(f"unknown noise {spec}")
+    np.rint(x, out=x)
+    np.clip(x, 0, 255, out=x)
+    return x.astype(np.uint8)
+
+
+def _noisy_copies(clean: np.ndarray, spec: NoiseSpec, rng: np.random.Generator, copies: int):
+    bank = _text_bank(rng, _TEXT_BANK) if spec.kind == "text" else None
+    outs = [np.empty_like(clean) for _ in range(copies)]
+    for s in range(0, len(clean), 4096):
+        for out in outs:
+            out[s:s + 4096] = apply_noise(clean[s:s + 4096], spec, rng, bank)
+    return outs
+
+
+# --------------------------------------------------------------------------------------------
+# EPFL course files
+# --------------------------------------------------------------------------------------------
+
+
+def _unpickling_reason(e: BaseException) -> str:
+    """The specific line of torch's long weights-only refusal message (its wording varies)."""
+    reasons = []
+    for line in str(e).splitlines()[1:]:
+        line = line.strip()
+        if "WeightsUnpickler error:" in line:
+            line = line.split("WeightsUnpickler error:", 1)[1].strip()
+        if line and not line.startswith(("Check the documentation", "Please file an issue")):
+            reasons.append(line)
+    return reasons[0] if reasons else "it holds Python objects other than tensors"
+
+
+def _load_epfl_file(path: Path, names: str) -> tuple[torch.Tensor, torch.Tensor]:
+    fix = f"it must be torch.save(({names})) of two uint8 tensors of shape (N, 3, 32, 32)"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        why = _unpickling_reason(e)
+        raise DataError(f"{path} is not plain tensor data, refused to unpickle it ({why[:120]}); "
+                        f"{fix}") from None
+    except FileNotFoundError:
+        raise DataError(f"{path} does not exist; {fix}") from None
+    except Exception as e:  # truncated / corrupt: RuntimeError, EOFError, zip errors, ...
+        why = _one_line(e, 200).split(". ")[0]
+        raise DataError(f"{path} is truncated or corrupt ({type(e).__name__}: {why[:120]}); "
+                        f"{fix}") from None
+    if not isinstance(obj, (tuple, list)) or len(obj) != 2 or not all(
+            isinstance(t, torch.Tensor) for t in obj):
+        what = type(obj).__name__ + (f" of length {len(obj)}" if isinstance(obj, (tuple, list)) else "")
+        raise DataError(f"{path} holds a {what}, not a pair of tensors; {fix}")
+    for t in obj:
+        if t.dtype != torch.uint8:
+            raise DataError(f"{path} holds tensors of dtype {t.dtype}, expected torch.uint8; {fix}")
+        if t.dim() != 4 or tuple(t.shape[1:]) != (3, SIZE, SIZE):
+            raise DataError(f"{path} holds a tensor of shape {tuple(t.shape)}, expected "
+                            f"(N, 3, 32, 32); {fix}")
+    if obj[0].shape[0] != obj[1].shape[0]:
+        raise DataError(f"{path} holds tensors with {obj[0].shape[0]} and {obj[1].shape[0]} images; "
+                        f"{fix}")
+    return obj[0], obj[1]
+
+
+def _take(t: torch.Tensor, n: int) -> torch.Tensor:
+    return t.contiguous() if n == t.shape[0] else t[:n].clone(memory_format=torch.contiguous_format)
+
+
+def _load_epfl(root: Path, train_size: int, val_size: int, progress: Progress) -> Pairs:
+    if progress:
+        progress(f"loading course data from {root}")
+    a, b = _load_epfl_file(root / "train_data.pkl", "noisy_a, noisy_b")
+    vn, vc = _load_epfl_file(root / "val_data.pkl", "noisy, clean")
+    if train_size > a.shape[0]:
+        raise DataError(f"train_size {train_size} is larger than the {a.shape[0]} pairs in "
+                        f"{root / 'train_data.pkl'}; ask for at most {a.shape[0]}")
+    if val_size > vn.shape[0]:
+        raise DataError(f"val_size {val_size} is larger than the {vn.shape[0]} images in "
+                        f"{root / 'val_data.pkl'}; ask for at most {vn.shape[0]}")
+    return Pairs(_take(a, train_size), _take(b, train_size), _take(vn, val_size),
+                 _take(vc, val_size), f"epfl:{root} (noise from the files)")
+
+
+# --------------------------------------------------------------------------------------------
+# Generation, seeding, caching
+# --------------------------------------------------------------------------------------------
+
+
+def _words(text: str) -> list[int]:
+    d = hashlib.sha256(text.encode()).digest()
+    return [int.from_bytes(d[i:i + 4], "little") for i in range(0, 16, 4)]
+
+
+def _rng(seed: int, *parts: str) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([seed] + _words("\x1f".join(parts))))
+
+
+def _identity(spec: DataSpec) -> tuple[dict, object]:
+    """Cache identity of a source and whatever is needed to load it later."""
+    if spec.kind == "photos":
+        split = photo_files()
+        ident = {"kind": "photos",
+                 "train": [[p.name, p.stat().st_size] for p in split.train],
+                 "val": [[p.name, p.stat().st_size] for p in split.val]}
+        return ident, split
+    if spec.kind == "synthetic":
+        return {"kind": "synthetic", "leaves": _LEAVES, "radii": [_RMIN, _RMAX]}, None
+    if spec.kind == "folder":
+        ident, files, others = _folder_identity(spec.path)
+        return ident, (files, others)
+    raise AssertionError(spec.kind)
+
+
+def _cache_key(ident: dict, noise: NoiseSpec, train_size: int, val_size: int, seed: int) -> str:
+    blob = json.dumps({"format": FORMAT_VERSION, "source": ident, "noise": str(noise),
+                       "train_size": train_size, "val_size": val_size, "seed": seed,
+                       "image_factors": IMAGE_FACTORS, "synthetic_factors": SYNTHETIC_FACTORS},
+                      sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _cache_file(cache_dir: Path, spec: DataSpec, noise: NoiseSpec, train_size: int,
+                val_size: int, seed: int, key: str) -> Path:
+    slug = str(noise).replace(":", "-")
+    return Path(cache_dir) / f"{spec.kind}_{slug}_{train_size}+{val_size}_seed{seed}_{key[:16]}.pt"
+
+
+def _generate(spec: DataSpec, loader, noise: NoiseSpec, train_size: int, val_size: int,
+              seed: int, progress: Progress) -> dict[str, np.ndarray]:
+    pix = noise.kind == "pixelate"
+    out = {}
+    if spec.kind == "photos":
+        def read(p: Path) -> np.ndarray:
+            try:
+                return _ensure_min_size(read_image(p), SIZE * IMAGE_FACTORS[0])
+            except Exception as e:
+                raise DataError(f"sample photo {p} is unreadable ({_one_line(e, 100)}); reinstall "
+                                "scikit-image/matplotlib or use --data synthetic") from None
+
+        train_imgs = [read(p) for p in loader.train]
+        val_imgs = [read(p) for p in loader.val]
+    elif spec.kind == "folder":
+        files, others = loader
+        train_imgs, val_imgs = _load_folder_images(spec.path, files, others,
+                                                   SIZE * IMAGE_FACTORS[0], progress)
+    for part, n, imgs in (("train", train_size, None), ("val", val_size, None)):
+        crop_rng = _rng(seed, spec.kind, part, "crops")
+        noise_rng = _rng(seed, spec.kind, part, "noise", str(noise))
+        label = f"{part} {spec.kind}/{noise}"
+        n_point = (2 if part == "train" else 1) if pix else 0
+        need_clean = part == "val" or not pix
+        if spec.kind == "synthetic":
+            clean, pts = _crops_from_synthetic(n, crop_rng, noise_rng, n_point, need_clean,
+                                               progress, label)
+        else:
+            imgs = train_imgs if part == "train" else val_imgs
+            clean, pts = _crops_from_images(imgs, n, crop_rng, noise_rng, IMAGE_FACTORS, n_point,
+                                            need_clean, progress, label)
+        if not pix:
+            pts = _noisy_copies(clean, noise, noise_rng, 2 if part == "train" else 1)
+        if part == "train":
+            out["train_a"], out["train_b"] = pts
+        else:
+            out["val_noisy"], out["val_clean"] = pts[0], clean
+    return out
+
+
+_KEYS = ("train_a", "train_b", "val_noisy", "val_clean")
+
+
+def _read_cache(path: Path, key: str, train_size: int, val_size: int) -> dict | None:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(obj, dict) or obj.get("key") != key:
+            return None
+        for name in _KEYS:
+            t = obj[name]
+            n = train_size if name.startswith("train") else val_size
+            if (not isinstance(t, torch.Tensor) or t.dtype != torch.uint8
+                    or tuple(t.shape) != (n, 3, SIZE, SIZE) or not t.is_contiguous()):
+                return None
+        return obj
+    except Exception:
+        return None
+
+
+def _write_cache(path: Path, key: str, tensors: dict[str, torch.Tensor], description: str,
+                 progress: Progress) -> None:
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "wb") as fh:
+            torch.save({"key": key, "description": description, **tensors}, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        tmp = None
+        if progress:
+            progress(f"cached at {path}")
+    except OSError as e:
+        warnings.warn(f"could not write data cache {path}: {_one_line(e)}; continuing without it",
+                      stacklevel=3)
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+
+def cache_path(data: str = "photos", noise: str = "pixelate", train_size: int = 50_000,
+               val_size: int = 1_000, seed: int = 0, cache_dir: str | os.PathLike | None = None
+               ) -> Path | None:
+    """Where ``load_pairs`` with these arguments caches its data (None for ``epfl``)."""
+    spec = parse_data_spec(data)
+    nspec = parse_noise_spec(noise)
+    if spec.kind == "epfl":
+        return None
+    ident, _ = _identity(spec)
+    key = _cache_key(ident, nspec, train_size, val_size, seed)
+    return _cache_file(Path(cache_dir) if cache_dir is not None else default_cache_dir(), spec,
+                       nspec, train_size, val_size, seed, key)
+
+
+def load_pairs(data: str = "photos", noise: str = "pixelate", train_size: int = 50_000,
+               val_size: int = 1_000, seed: int = 0, cache_dir: str | os.PathLike | None = None,
+               progress: Callable[[str], None] | None = None) -> Pairs:
+    """Noise2Noise training pairs and a validation set; see the module docstring.
+
+    Raises DataError (one line saying what is wrong and how to fix it) for any bad argument or
+    unusable input. Deterministic in (data, noise, train_size, val_size, seed); generated data is
+    cached under ``cache_dir`` (default :func:`default_cache_dir`)."""
+    spec = parse_data_spec(data)
+    nspec = parse_noise_spec(noise)
+    train_size = _check_int("train_size", train_size, 1)
+    val_size = _check_int("val_size", val_size, 1)
+    seed = _check_int("seed", seed, 0)
+    if progress is not None and not callable(progress):
+        raise DataError("progress must be a callable taking one string, or None")
+    if spec.kind == "epfl":
+        return _load_epfl(spec.path, train_size, val_size, progress)
+
+    ident, loader = _identity(spec)
+    key = _cache_key(ident, nspec, train_size, val_size, seed)
+    cdir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    path = _cache_file(cdir, spec, nspec, train_size, val_size, seed, key)
+    description = f"{spec}, noise {nspec}, {train_size} train + {val_size} val, seed {seed}"
+    if spec.kind == "folder" and loader[1]:
+        if progress:
+            progress(f"folder {str(spec.path)!r}: {loader[1]} non-image file(s) ignored")
+    if path.is_file():
+        obj = _read_cache(path, key, train_size, val_size)
+        if obj is not None:
+            if progress:
+                progress(f"loaded {description} from cache {path}")
+            return Pairs(*(obj[k] for k in _KEYS), description)
+        if progress:
+            progress(f"cache file {path} is unreadable or stale; regenerating")
+    if progress:
+        progress(f"generating {description}")
+    t0 = time.monotonic()
+    arrays = _generate(spec, loader, nspec, train_size, val_size, seed, progress)
+    tensors = {k: torch.from_numpy(np.ascontiguousarray(arrays[k])) for k in _KEYS}
+    if progress:
+        progress(f"generated in {time.monotonic() - t0:.1f} s")
+    _write_cache(path, key, tensors, description, progress)
+    return Pairs(*(tensors[k] for k in _KEYS), description)

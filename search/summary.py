@@ -37,11 +37,11 @@ def trial_rows(experiment, results) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def print_summary(experiment, results, seconds: float, top: int = 10) -> None:
+def print_summary(experiment, results, seconds: float, top: int = 10, interrupted: bool = False) -> None:
     df = trial_rows(experiment, results)
     out = sys.stdout
     counts = df["status"].value_counts().to_dict() if not df.empty else {}
-    print(f"\nSearch {experiment.name} done in {seconds / 60:.1f} min: {len(df)} trials "
+    print(f"\nSearch {experiment.name} {'interrupted after' if interrupted else 'done in'} {seconds / 60:.1f} min: {len(df)} trials "
           f"({', '.join(f'{v} {k}' for k, v in counts.items())})", file=out)
     ok = df[df["status"] != "errored"].dropna(subset=["val_psnr"]) if not df.empty else df
     if ok.empty:

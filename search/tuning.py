@@ -1,6 +1,7 @@
 """Searcher, scheduler and Tuner set-up for one Experiment; start or join Ray; run or resume."""
 from __future__ import annotations
 
+import logging
 import math
 import os
 import sys
@@ -169,6 +170,33 @@ def run_experiment(experiment: Experiment, resume: bool = False, name_given: boo
             ),
         )
     start = time.time()
-    results = tuner.fit()
-    print_summary(experiment, results, time.time() - start)
+    interrupted = InterruptWatch()
+    with interrupted:
+        results = tuner.fit()
+    print_summary(experiment, results, time.time() - start, interrupted=interrupted.seen)
+    if interrupted.seen:
+        log(f"interrupted; the state is saved. Continue with: python search/run.py --resume "
+            f"--name {experiment.name} --storage {experiment.storage}")
+        return 130
     return 0
+
+
+class InterruptWatch(logging.Handler):
+    """Notices Tune's own "interrupted" message: after Ctrl-C `Tuner.fit()` returns normally,
+    and that message is the only public sign (pinned ray 2.60)."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.seen = False
+        self._logger = logging.getLogger("ray.tune.tune")
+
+    def emit(self, record):
+        if "interrupted" in record.getMessage():
+            self.seen = True
+
+    def __enter__(self):
+        self._logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc):
+        self._logger.removeHandler(self)

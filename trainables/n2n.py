@@ -107,6 +107,7 @@ def train_n2n(config: dict, data: dict | None = None):
             "gpu_ids": ",".join(str(g) for g in ray.get_gpu_ids()),
             "device": str(device),
             "process_start": started,
+            "reported_at": time.time(),
             "seed_psnr": {str(s): float(v) for s, v in zip(spec.seeds, seed_psnr)},
             "seed_loss": {str(s): float(v) for s, v in zip(spec.seeds, losses)},
         }

@@ -1,0 +1,128 @@
+"""The best checkpoint of an experiment and its export as `best_model.pt`.
+
+Best = the configuration (trial) with the highest seed-mean validation PSNR at any epoch, at that
+epoch; Tune keeps the best checkpoints by val_psnr, so that epoch's checkpoint is on disk. From it
+the replica (seed) with the highest validation PSNR is exported, with everything needed to use
+it and to re-measure it."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from n2n_models.export import save_model
+
+from .load import ExperimentData, model_hparams, trial_seeds
+
+CHECKPOINT_FILE = "trainer.pt"
+
+
+@dataclass
+class BestCheckpoint:
+    trial_id: str
+    epoch: int
+    seed: int
+    val_psnr: float  # of that seed's replica
+    config_psnr_mean: float
+    config_psnr_std: float
+    path: Path  # the checkpoint's trainer.pt
+    state: dict  # the checkpoint's content
+
+
+def _checkpoint_epoch_files(trial_dir: Path) -> list[tuple[Path, int | None]]:
+    """(trainer.pt, epoch guessed from the folder name: checkpoint N follows epoch N + 1)."""
+    out = []
+    for d in sorted(trial_dir.glob("checkpoint_*")):
+        f = d / CHECKPOINT_FILE
+        if f.is_file():
+            try:
+                out.append((f, int(d.name.split("_")[-1]) + 1))
+            except ValueError:
+                out.append((f, None))
+    return out
+
+
+def _load(path: Path) -> dict | None:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - a damaged checkpoint is skipped, the next best is taken
+        return None
+
+
+def find_checkpoint(trial_dir: Path, epoch: int) -> tuple[Path, dict] | None:
+    """The trial's checkpoint written at `epoch` (read from the file, not the name), or None."""
+    files = _checkpoint_epoch_files(trial_dir)
+    files.sort(key=lambda item: item[1] != epoch)  # the likely one first
+    for path, _ in files:
+        state = _load(path)
+        if state and int(state.get("trainer", {}).get("epoch", -1)) == epoch:
+            return path, state
+    return None
+
+
+def best_checkpoint(exp: ExperimentData) -> BestCheckpoint | None:
+    """The best (trial, epoch) by seed-mean PSNR whose checkpoint exists; None if there is none."""
+    stats = exp.history.dropna(subset=["psnr_mean"]).sort_values(["psnr_mean", "trial_id"], ascending=[False, True])
+    for row in stats.itertuples(index=False):
+        trial = exp.trials.loc[row.trial_id]
+        if not trial["folder"]:
+            continue
+        found = find_checkpoint(exp.path / trial["folder"], int(row.epoch))
+        if found is None:
+            continue
+        seeds = exp.seeds[(exp.seeds["trial_id"] == row.trial_id) & (exp.seeds["epoch"] == row.epoch)]
+        seeds = seeds.dropna(subset=["psnr"]).sort_values(["psnr", "seed"], ascending=[False, True])
+        if seeds.empty:
+            continue
+        best = seeds.iloc[0]
+        return BestCheckpoint(trial_id=row.trial_id, epoch=int(row.epoch), seed=int(best["seed"]),
+                              val_psnr=float(best["psnr"]), config_psnr_mean=float(row.psnr_mean),
+                              config_psnr_std=float(row.psnr_std) if math.isfinite(row.psnr_std) else float("nan"),
+                              path=found[0], state=found[1])
+    return None
+
+
+def _plain(value):
+    """JSON-like Python values only (weights_only loading accepts nothing else)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value
+    if hasattr(value, "item"):  # numpy / torch scalars
+        return value.item()
+    return str(value)
+
+
+def export_best(exp: ExperimentData, best: BestCheckpoint, path: str | Path) -> dict:
+    """Write the best replica as a self-describing model file; returns its description."""
+    trial = exp.trials.loc[best.trial_id]
+    config = dict(trial["config"])
+    seeds = trial_seeds(config)
+    replicas = best.state["trainer"]["replicas"]
+    if best.seed not in seeds or len(replicas) != len(seeds):
+        raise ValueError(f"checkpoint {best.path} holds {len(replicas)} replicas, the trial config names seeds {seeds}")
+    spec = exp.spec
+    meta = {
+        "config": config,
+        "training": {k: config.get(k) for k in ("lr", "batch_size", "loss", "epochs")},
+        "data": {"data": spec.get("data"), "noise": spec.get("noise"), "train_size": spec.get("train_size"),
+                 "val_size": spec.get("val_size"), "data_seed": spec.get("data_seed", 0)},
+        "val_psnr": best.val_psnr,
+        "config_val_psnr_mean": best.config_psnr_mean,
+        "config_val_psnr_std": best.config_psnr_std,
+        "seed": best.seed,
+        "epoch": best.epoch,
+        "experiment": exp.name,
+        "space": spec.get("space"),
+        "trial_id": best.trial_id,
+        "checkpoint": str(best.path.relative_to(exp.path)),
+    }
+    payload = save_model(path, config.get("model", "tnet"), model_hparams(config),
+                         replicas[seeds.index(best.seed)], **_plain(meta))
+    return {k: v for k, v in payload.items() if k != "state_dict"}

@@ -1,0 +1,206 @@
+"""`python analysis/report.py EXPERIMENT_DIR [--out DIR]`: an experiment folder -> report.md with
+its tables (also .csv and .tex), figures (PNG) and the exported best model (best_model.pt).
+Reads the folder only; no Ray cluster is needed.
+
+Exit status: 0 done, 2 bad usage or bad input (one line on stderr), 1 anything else.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the project importable without installing
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from analysis.load import HPARAM_KEYS, STATUSES, ExperimentData, ExperimentError, load_experiment  # noqa: E402
+from analysis.tables import Table, fmt_hparam, importance_table, main_tables  # noqa: E402
+
+MD_ROWS = 25  # longest search table shown in report.md (all rows are in the .csv/.tex)
+
+
+class UsageError(Exception):
+    """Bad usage: one line on stderr, exit 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, no usage dump
+        raise UsageError(f"{message} (see --help)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="analysis/report.py", description="Write the report of an experiment folder made by "
+                "search/run.py: tables (.md, .csv, .tex), figures (.png) and best_model.pt.")
+    p.add_argument("experiment", metavar="EXPERIMENT_DIR", help="<storage>/<name> of a search")
+    p.add_argument("--out", help="report folder (default: EXPERIMENT_DIR/report)")
+    p.add_argument("--samples", type=int, default=32, help="noisy copies per SmoothGrad image (default 32)")
+    return p
+
+
+def _log(message: str) -> None:
+    print(f"[report] {message}", file=sys.stderr, flush=True)
+
+
+def _experiment_line(exp: ExperimentData) -> str:
+    s = exp.spec
+    return (f"Space `{s.get('space')}`, {s.get('searcher')} searcher + {s.get('scheduler')} scheduler, budget "
+            f"`{s.get('budget')}`: {s.get('num_samples')} configurations × {s.get('seeds')} seed{'s' if s.get('seeds') != 1 else ''}, up to "
+            f"{s.get('epochs')} epochs, {s.get('train_size')} training pairs and {s.get('val_size')} validation "
+            f"images of `{s.get('data')}` data with `{s.get('noise')}` noise (data seed {s.get('data_seed', 0)}).")
+
+
+def _status_line(exp: ExperimentData) -> str:
+    counts = exp.trials["status"].value_counts()
+    parts = [f"{int(counts[s])} {s}" for s in STATUSES if s in counts]
+    return f"{len(exp.trials)} trials: " + ", ".join(parts) + "."
+
+
+def _table_md(table: Table, title: str) -> list[str]:
+    display = table.display
+    lines = [f"## {title}", "", table.caption, ""]
+    if len(display) > MD_ROWS:
+        lines += [table.to_markdown().rsplit("\n", len(display) - MD_ROWS)[0], "",
+                  f"The {len(display) - MD_ROWS} other trials are in [{table.name}.csv]({table.name}.csv)."]
+    else:
+        lines.append(table.to_markdown())
+    lines.append("")
+    if table.notes:
+        lines += [f"- {note}" for note in table.notes] + [""]
+    lines += [f"Files: [{table.name}.csv]({table.name}.csv) (full precision, one row per configuration), "
+              f"[{table.name}.tex]({table.name}.tex).", ""]
+    return lines
+
+
+TITLES = {"table1_lr": "Table 1: learning rate", "table2_models": "Table 2: models", "search": "Search results"}
+
+
+def _validation_data(exp: ExperimentData):
+    """The experiment's validation images regenerated from its saved spec, or a reason why not."""
+    from n2n_models.data import DataError, load_pairs
+
+    s = exp.spec
+    try:
+        pairs = load_pairs(s.get("data", "photos"), s.get("noise", "pixelate"), train_size=int(s["train_size"]),
+                           val_size=int(s["val_size"]), seed=int(s.get("data_seed", 0)), progress=_log)
+    except (DataError, KeyError, ValueError, TypeError) as e:
+        return None, f"the validation data could not be regenerated ({e})"
+    return (pairs.val_noisy, pairs.val_clean), ""
+
+
+def write_report(exp: ExperimentData, out: Path, samples: int = 32) -> list[Table]:
+    """Write everything into `out`; returns the main tables."""
+    from analysis import figures
+    from analysis.export import best_checkpoint, export_best
+    from analysis.importance import Skip, param_importances
+    from n2n_models.export import load_model
+    from n2n_models.metrics import psnr
+
+    out.mkdir(parents=True, exist_ok=True)
+    md = [f"# Report: {exp.name}", "", _experiment_line(exp), "", _status_line(exp)]
+    noisy = exp.trials["noisy_psnr"].dropna() if "noisy_psnr" in exp.trials else []
+    if len(noisy):
+        md[-1] += f" Noisy validation inputs score {float(noisy.iloc[0]):.2f} dB (mean per-image PSNR)."
+    md.append("")
+
+    tables = main_tables(exp)
+    for table in tables:
+        table.write(out)
+        md += _table_md(table, TITLES.get(table.name, table.name))
+
+    # -- best model -------------------------------------------------------------------------------
+    md += ["## Best model", ""]
+    best = best_checkpoint(exp)
+    model = info = None
+    if best is None:
+        md += ["No trial has a checkpoint with a finite validation PSNR: nothing to export.", ""]
+    else:
+        info = export_best(exp, best, out / "best_model.pt")
+        model, _ = load_model(out / "best_model.pt")
+        hp = ", ".join(f"{k} {fmt_hparam(k, v)}" for k, v in info["config"].items()
+                       if k in HPARAM_KEYS and v is not None)
+        spread = f" ± {best.config_psnr_std:.2f}" if best.config_psnr_std == best.config_psnr_std else ""
+        md += [f"Trial `{best.trial_id}` ({hp}) reached the highest seed-mean validation PSNR, "
+               f"{best.config_psnr_mean:.2f}{spread} dB, at epoch {best.epoch}. Its best replica (seed {best.seed}, "
+               f"{best.val_psnr:.2f} dB) is exported as [best_model.pt](best_model.pt): model name, "
+               "hyperparameters, weights, data and noise spec, seed, epoch and validation PSNR, loadable with "
+               "`torch.load(path, weights_only=True)`.", ""]
+    val = None
+    if model is not None:
+        val, why = _validation_data(exp)
+        if val is None:
+            md += [f"Figures of denoised images are left out: {why}.", ""]
+        else:
+            measured = psnr(figures.predict(model, val[0]), val[1].float() / 255)
+            md += [f"Re-measured on the regenerated validation set: {measured:.2f} dB "
+                   f"(recorded {best.val_psnr:.2f} dB).", ""]
+        md += ["Denoise your own PNG/JPEG images of any size with it:", "", "```",
+               f"python -m n2n_models.denoise --model {out / 'best_model.pt'} IMAGE... --out denoised/", "```", ""]
+
+    # -- figures ------------------------------------------------------------------------------------
+    md += ["## Figures", ""]
+    if figures.learning_curves(exp, out / "learning_curves.png"):
+        md += ["### Learning curves", "", "![Validation PSNR per epoch](learning_curves.png)", "",
+               "Validation PSNR per epoch, mean over seeds with a ± one standard deviation band; the dashed line "
+               "is the noisy input.", ""]
+    if figures.psnr_vs_hparams(exp, out / "psnr_vs_hparams.png"):
+        md += ["### PSNR against each hyperparameter", "", "![PSNR against hyperparameters](psnr_vs_hparams.png)",
+               "", "Each point is a configuration (error bars: std over seeds), coloured by status.", ""]
+    if model is not None and val is not None:
+        figures.denoised_examples(model, val[0], val[1], out / "denoised_examples.png")
+        md += ["### Denoised examples", "", "![Noisy, denoised and clean validation images](denoised_examples.png)",
+               "", "Noisy input (top), output of the best model (middle) and clean reference (bottom), as the "
+               "report's Figure 2; titles give each image's PSNR.", ""]
+        figures.smoothgrad_figure(model, val[0], val[1], out / "smoothgrad.png", loss=info["training"]["loss"] or "l2",
+                                  samples=samples)
+        md += ["### SmoothGrad", "", "![SmoothGrad of the loss and the output](smoothgrad.png)", "",
+               "As the report's Figure 3: input, output, clean image, and the magnitude (summed over colour "
+               "channels) of the gradient of the loss and of the output with respect to the input, averaged "
+               f"over {samples} copies of the input with Gaussian noise of 10% of its range. Bright pixels of "
+               "the loss gradient are the ones whose value changes the error most; bright pixels of the "
+               "output gradient are those the denoised image depends on.", ""]
+    md += ["### Hyperparameter importance", ""]
+    try:
+        importances, evaluator = param_importances(exp)
+    except Skip as e:
+        md += [f"Not computed: {e}.", ""]
+    else:
+        table = importance_table(importances, evaluator)
+        table.write(out)
+        figures.importance_figure(importances, evaluator, out / "importance.png")
+        md += ["![Hyperparameter importance](importance.png)", "", table.caption, "", table.to_markdown(), "",
+               f"Files: [importance.csv](importance.csv), [importance.tex](importance.tex).", ""]
+    (out / "report.md").write_text("\n".join(md), encoding="utf-8")
+    return tables
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        if args.samples < 1:
+            raise UsageError(f"--samples {args.samples}: must be at least 1")
+        exp = load_experiment(args.experiment)
+        out = Path(args.out).expanduser().resolve() if args.out else exp.path / "report"
+        if out.exists() and not out.is_dir():
+            raise UsageError(f"--out {out} exists and is not a folder")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UsageError(f"cannot create --out {out}: {e.strerror or e}") from None
+    except (UsageError, ExperimentError) as e:
+        print(f"analysis/report.py: error: {e}", file=sys.stderr)
+        return 2
+    tables = write_report(exp, out, samples=args.samples)
+    print(f"{exp.name}: {_status_line(exp)}")
+    for table in tables:
+        shown = table.display.head(MD_ROWS)
+        print(f"\n{TITLES.get(table.name, table.name)}\n{shown.to_string(index=False)}")
+    print(f"\nReport: {out / 'report.md'}")
+    if (out / "best_model.pt").exists():
+        print(f"Best model: {out / 'best_model.pt'} (python -m n2n_models.denoise --model "
+              f"{out / 'best_model.pt'} IMAGE... --out DIR)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,224 @@
+"""Report tables from per-seed values: Table 1 (lr-grid), Table 2 (models) and the ranking of a
+search, each as numbers (the .csv, one row per configuration, full precision) and as display text
+(the .md and .tex, mean ± std)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from .load import ExperimentData
+
+# Model traits the report's Table 2 lists, by model name.
+RESIDUAL = {"tnet": True, "unet": True, "basenet": False}
+MODEL_ORDER = ("BaseNet", "UNet", "TNet", "TNet+L1", "TNet+BN")  # the report's row order
+PSNR_DECIMALS = 2
+
+
+@dataclass
+class Table:
+    """One table: `data` is what the .csv holds, `display` what .md and .tex show."""
+
+    name: str
+    caption: str
+    data: pd.DataFrame
+    display: pd.DataFrame
+    notes: list[str] = field(default_factory=list)
+
+    def to_markdown(self) -> str:
+        return markdown_table(self.display)
+
+    def to_latex(self) -> str:
+        tex = self.display.to_latex(index=False, escape=True, caption=self.caption, label=f"tab:{self.name}",
+                                    column_format="l" * len(self.display.columns))
+        return tex.replace("±", r"$\pm$").replace("×", r"$\times$").replace("—", "--")
+
+    def write(self, out_dir) -> None:
+        self.data.to_csv(f"{out_dir}/{self.name}.csv", index=False)
+        with open(f"{out_dir}/{self.name}.tex", "w", encoding="utf-8") as f:
+            f.write(self.to_latex())
+
+
+def markdown_table(df: pd.DataFrame) -> str:
+    """A GitHub markdown table of the frame's cells as they are (strings)."""
+    def cell(value) -> str:
+        return str(value).replace("|", r"\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(cell(c) for c in df.columns) + " |",
+             "|" + "|".join("---" for _ in df.columns) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+# -- number formatting ---------------------------------------------------------------------------
+def _finite(x) -> bool:
+    try:
+        return x is not None and math.isfinite(float(x))
+    except (TypeError, ValueError):
+        return False
+
+
+def mean_pm_std(mean, std, decimals: int) -> str:
+    """`mean ± std` with a fixed number of decimals; the mean alone for one seed; — for none."""
+    if not _finite(mean):
+        return "—"
+    if not _finite(std):
+        return f"{float(mean):.{decimals}f}"
+    return f"{float(mean):.{decimals}f} ± {float(std):.{decimals}f}"
+
+
+def loss_decimals(values) -> int:
+    """Decimals that show 4 significant digits of the smallest loss in a row (2 to 8)."""
+    finite = [abs(float(v)) for v in values if _finite(v) and float(v) != 0]
+    if not finite:
+        return 5
+    return int(min(8, max(2, 3 - math.floor(math.log10(min(finite))))))
+
+
+def _yes_no(value) -> str:
+    return "Yes" if bool(value) and str(value).lower() != "false" else "No"
+
+
+def _status_mark(row) -> str:
+    """A short remark for a configuration that did not run all its epochs normally."""
+    if row["status"] == "finished":
+        return ""
+    return f"{row['status']} after {int(row['epochs'])} of {int(row['target_epochs'])} epochs"
+
+
+def _grid_data(trials: pd.DataFrame, key_cols: list[str]) -> pd.DataFrame:
+    """One row per grid cell: its config keys and the final epoch's seed mean/std."""
+    data = trials[[c for c in key_cols if c in trials]].copy()
+    data["psnr_mean"], data["psnr_std"] = trials["final_psnr_mean"], trials["final_psnr_std"]
+    data["loss_mean"], data["loss_std"] = trials["final_loss_mean"], trials["final_loss_std"]
+    data["seeds"] = trials["final_n_seeds"].fillna(0).astype(int)
+    data["epoch"] = trials["final_epoch"].fillna(0).astype(int)
+    data["status"], data["trial_id"] = trials["status"], trials["trial_id"]
+    return data
+
+
+def _remarks(trials: pd.DataFrame, names: dict, statuses=None) -> list[str]:
+    """One line per configuration that did not finish normally (only `statuses` if given)."""
+    out = []
+    for trial_id, row in trials.iterrows():
+        mark = _status_mark(row)
+        if mark and (statuses is None or row["status"] in statuses):
+            error = f": {row['error']}" if row.get("error") else ""
+            out.append(f"{names[trial_id]} {mark}{error}")
+    return out
+
+
+# -- the report's tables --------------------------------------------------------------------------
+def lr_table(exp: ExperimentData) -> Table:
+    """Table 1: learning rates as columns, PSNR and the final L2 training loss as rows."""
+    trials = exp.trials.sort_values("lr")
+    data = _grid_data(trials, ["lr", "label", "model", "loss"])
+    heads = [f"{lr * 1e3:g}" for lr in trials["lr"]]
+    d = loss_decimals(data["loss_mean"])
+    loss_name = "/".join(sorted({str(v).upper() for v in trials["loss"].dropna()})) or "L2"
+    display = pd.DataFrame(
+        [["PSNR (dB)", *(mean_pm_std(m, s, PSNR_DECIMALS) for m, s in zip(data["psnr_mean"], data["psnr_std"]))],
+         [f"Loss ({loss_name})", *(mean_pm_std(m, s, d) for m, s in zip(data["loss_mean"], data["loss_std"]))]],
+        columns=["LR × 1e-3", *heads])
+    epochs = int(exp.spec.get("epochs", 0))
+    caption = (f"Learning rate comparison: validation PSNR and training loss after the last epoch "
+               f"({epochs} planned), average ± standard deviation over {_seed_text(data)}.")
+    names = {t: f"LR {lr * 1e3:g}e-3 (trial {t})" for t, lr in zip(trials.index, trials["lr"])}
+    return Table("table1_lr", caption, data.reset_index(drop=True), display, _remarks(trials, names))
+
+
+def models_table(exp: ExperimentData) -> Table:
+    """Table 2: Model, #P (thousands), Res, Loss, BN, PSNR."""
+    order = {name: i for i, name in enumerate(MODEL_ORDER)}
+    trials = exp.trials.assign(_order=exp.trials["label"].map(order).fillna(len(order)))
+    trials = trials.sort_values(["_order", "label"]).drop(columns="_order")
+    data = _grid_data(trials, ["label", "model", "lr", "loss", "batchnorm"])
+    data.insert(2, "params", trials["params"].astype("Int64") if "params" in trials else pd.NA)
+    data.insert(3, "residual", trials["model"].map(RESIDUAL))
+    display = pd.DataFrame({
+        "Model": data["label"],
+        "#P (k)": [f"{p / 1000:.1f}" if _finite(p) else "—" for p in data["params"]],
+        "Res": [_yes_no(v) for v in data["residual"]],
+        "Loss": [str(v).upper() for v in data["loss"]],
+        "BN": [_yes_no(v) for v in data["batchnorm"]],
+        "PSNR (dB)": [mean_pm_std(m, s, PSNR_DECIMALS) for m, s in zip(data["psnr_mean"], data["psnr_std"])],
+    })
+    caption = (f"Comparison of models: #P parameters in thousands, Res residual connections, BN batch "
+               f"normalisation, PSNR after the last epoch, average ± standard deviation over {_seed_text(data)}.")
+    names = {t: f"{label} (trial {t})" for t, label in zip(trials.index, trials["label"])}
+    return Table("table2_models", caption, data.reset_index(drop=True), display, _remarks(trials, names))
+
+
+def fmt_hparam(key: str, value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if key == "lr":
+        return f"{float(value):.2e}"
+    if key == "dropout":
+        return f"{float(value):.3f}"
+    if key == "batchnorm":
+        return _yes_no(value)
+    if key == "loss":
+        return str(value).upper()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def search_table(exp: ExperimentData) -> Table:
+    """Every trial of a search, best first: its hyperparameters, seed mean ± std of PSNR at its best
+    epoch, the epochs it reached, and its fate (finished, stopped early by ASHA, diverged, errored,
+    unfinished)."""
+    trials = exp.trials.sort_values(["best_psnr_mean", "trial_id"], ascending=[False, True], na_position="last")
+    keys = exp.hparam_columns()
+    data = trials[keys].copy()
+    data.insert(0, "rank", range(1, len(trials) + 1))
+    data.insert(1, "trial_id", trials["trial_id"])
+    data["psnr_mean"], data["psnr_std"] = trials["best_psnr_mean"], trials["best_psnr_std"]
+    data["seeds"] = trials["best_n_seeds"].fillna(0).astype(int)
+    data["best_epoch"] = trials["best_epoch"].astype("Int64")
+    data["epochs"], data["target_epochs"] = trials["epochs"], trials["target_epochs"]
+    data["status"], data["error"] = trials["status"], trials["error"]
+    display = pd.DataFrame({"#": data["rank"], "Trial": data["trial_id"]})
+    for key in keys:
+        display[_HEADS.get(key, key)] = [fmt_hparam(key, v) for v in data[key]]
+    display["PSNR (dB)"] = [mean_pm_std(m, s, PSNR_DECIMALS) for m, s in zip(data["psnr_mean"], data["psnr_std"])]
+    display["Best epoch"] = [str(int(v)) if not pd.isna(v) else "—" for v in data["best_epoch"]]
+    display["Epochs"] = [f"{int(e)}/{int(t)}" for e, t in zip(data["epochs"], data["target_epochs"])]
+    display["Status"] = data["status"].tolist()
+    caption = (f"Search over space {exp.spec.get('space')}: every trial, best first, with the validation "
+               f"PSNR at its best epoch (average ± standard deviation over {_seed_text(data)}), the "
+               "epochs it ran of those planned, and its status.")
+    notes = _remarks(trials, {t: f"Trial {t}" for t in trials.index}, statuses=("errored", "diverged", "unfinished"))
+    return Table("search", caption, data.reset_index(drop=True), display.reset_index(drop=True), notes)
+
+
+_HEADS = {"label": "Label", "model": "Model", "lr": "LR", "loss": "Loss", "batchnorm": "BN",
+          "dropout": "Dropout", "width": "Width", "latent": "Latent", "batch_size": "Batch"}
+
+
+def _seed_text(data: pd.DataFrame) -> str:
+    counts = sorted({int(n) for n in data["seeds"] if n > 0})
+    if not counts:
+        return "seeds"
+    n = counts[0] if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+    return f"{n} seed{'s' if counts[-1] > 1 else ''}"
+
+
+def importance_table(importances: dict, evaluator: str) -> Table:
+    data = pd.DataFrame({"parameter": list(importances), "importance": list(importances.values())})
+    display = pd.DataFrame({"Hyperparameter": [_HEADS.get(k, k) for k in importances],
+                            "Importance": [f"{v:.3f}" for v in importances.values()]})
+    caption = f"Hyperparameter importance for the best validation PSNR ({evaluator}, Optuna)."
+    return Table("importance", caption, data, display)
+
+
+def main_tables(exp: ExperimentData) -> list[Table]:
+    """The tables of this kind of experiment: Table 1 or 2 for the report's grids, else the search."""
+    space = exp.spec.get("space")
+    if space == "lr-grid":
+        return [lr_table(exp)]
+    if space == "models":
+        return [models_table(exp)]
+    return [search_table(exp)]

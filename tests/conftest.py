@@ -1,0 +1,46 @@
+"""Shared fixtures: one real local Ray for the whole session (8 logical CPUs, 2 logical GPUs),
+started on first use and stopped at the end; tests that build their own cluster shut it down
+first and the next test that needs it starts it again."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+LOCAL_RAY = {"num_cpus": 8, "num_gpus": 2}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_ray_at_exit():
+    yield
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+@pytest.fixture
+def local_ray():
+    """A running local Ray with logical GPUs (no real GPU needed)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False,
+                 logging_level="WARNING", **LOCAL_RAY)
+    yield ray
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_data_cache(tmp_path_factory):
+    """Generated data sets are cached in a folder of this session, never the user's
+    (XDG_CACHE_HOME is what n2n_models.data.default_cache_dir reads; subprocesses inherit it)."""
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+
+
+def run_cli(*args, timeout=300, env=None):
+    """Run `python search/run.py ARGS` as a user would; returns the CompletedProcess."""
+    return subprocess.run([sys.executable, str(REPO / "search" / "run.py"), *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=REPO, env={**os.environ, **(env or {})})

@@ -1,0 +1,91 @@
+"""Real searches on a real local Ray: fractional GPU packing, the report's grids, TensorBoard files."""
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from search.cli import main
+
+SMALL = ["--data", "synthetic", "--train-size", "128", "--val-size", "32", "--budget", "smoke"]
+
+
+def trial_histories(experiment: Path) -> dict[str, pd.DataFrame]:
+    return {d.name: pd.read_csv(d / "progress.csv") for d in sorted(experiment.glob("trial_*"))
+            if (d / "progress.csv").exists()}
+
+
+def trial_configs(experiment: Path) -> dict[str, dict]:
+    return {d.name: json.loads((d / "params.json").read_text()) for d in sorted(experiment.glob("trial_*"))}
+
+
+def test_eight_trials_share_two_logical_gpus_four_each(local_ray, tmp_path):
+    rc = main(["--space", "tnet", *SMALL, "--epochs", "4", "--num-samples", "8", "--cpus-per-trial", "1",
+               "--gpus-per-trial", "0.25", "--scheduler", "fifo", "--storage", str(tmp_path), "--name", "pack"])
+    assert rc == 0
+    histories = trial_histories(tmp_path / "pack")
+    assert len(histories) == 8
+    spans = {name: (h["process_start"].min(), h["reported_at"].max()) for name, h in histories.items()}
+    # the trials themselves recorded when they ran: find a moment when all eight were running
+    latest_start = max(start for start, _ in spans.values())
+    earliest_end = min(end for _, end in spans.values())
+    assert latest_start < earliest_end, f"the 8 trials never all ran at the same time: {spans}"
+    gpu_ids = pd.Series({name: str(h["gpu_ids"].iloc[-1]) for name, h in histories.items()})
+    assert sorted(gpu_ids.value_counts().tolist()) == [4, 4], gpu_ids.to_dict()
+    assert all("," not in g for g in gpu_ids), "each trial sees exactly one GPU"
+
+
+@pytest.mark.parametrize("space, cells", [
+    ("lr-grid", [("TNet", 1e-4), ("TNet", 5e-4), ("TNet", 9e-4)]),
+    ("models", [("BaseNet", 5e-4), ("UNet", 1e-3), ("TNet", 5e-4), ("TNet+L1", 5e-4), ("TNet+BN", 5e-4)]),
+])
+def test_grid_spaces_run_every_cell_with_five_seeds(local_ray, tmp_path, space, cells):
+    rc = main(["--space", space, *SMALL, "--storage", str(tmp_path), "--name", space])
+    assert rc == 0
+    configs = trial_configs(tmp_path / space)
+    assert sorted((c["label"], c["lr"]) for c in configs.values()) == sorted(cells)
+    for name, history in trial_histories(tmp_path / space).items():
+        assert configs[name]["seeds"] == 5
+        seed_columns = [c for c in history.columns if c.startswith("seed_psnr/")]
+        assert sorted(seed_columns) == [f"seed_psnr/{s}" for s in range(5)]
+        assert len(history) == 2, "smoke budget: every cell trains its 2 epochs"
+        last = history.iloc[-1]
+        per_seed = last[seed_columns].astype(float)
+        assert last["val_psnr"] == pytest.approx(per_seed.mean(), abs=1e-4)
+        assert last["val_psnr_std"] == pytest.approx(per_seed.std(), abs=1e-4)
+        assert per_seed.nunique() == 5, "the seeds are different replicas"
+    if space == "models":
+        by_label = {c["label"]: c for c in configs.values()}
+        assert by_label["TNet+BN"]["batchnorm"] is True and by_label["TNet+L1"]["loss"] == "l1"
+        assert by_label["UNet"]["model"] == "unet" and by_label["BaseNet"]["model"] == "basenet"
+
+
+def test_tensorboard_files_hold_scalars_hparams_and_the_image_grid(local_ray, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    rc = main(["--space", "tnet", *SMALL, "--epochs", "3", "--num-samples", "2", "--scheduler", "fifo",
+               "--storage", str(tmp_path), "--name", "tb"])
+    assert rc == 0
+    trials = sorted((tmp_path / "tb").glob("trial_*"))
+    assert len(trials) == 2
+    for trial in trials:
+        acc = EventAccumulator(str(trial), size_guidance={"images": 0, "scalars": 0, "tensors": 0})
+        acc.Reload()
+        tags = acc.Tags()
+        psnr = acc.Scalars("ray/tune/val_psnr")
+        assert [e.step for e in psnr] == [1, 2, 3], "one val_psnr point per epoch"
+        assert "ray/tune/best_val_psnr" in tags["scalars"] and "ray/tune/train_loss" in tags["scalars"]
+        images = acc.Images("denoised")
+        assert images, "the denoised-image grid is in the trial's TensorBoard files"
+        assert images[-1].width == 8 * 32 and images[-1].height == 3 * 32
+        best_epoch = int(pd.read_csv(trial / "progress.csv")["best_epoch"].iloc[-1])
+        assert images[-1].step == best_epoch, "the last grid is the trial's best epoch"
+        hparams = None
+        for tag, content in acc.PluginTagToContent("hparams").items():
+            data = plugin_data_pb2.HParamsPluginData.FromString(content)
+            if data.HasField("session_start_info"):
+                hparams = dict(data.session_start_info.hparams)
+        assert hparams is not None, "HParams were written"
+        for key in ("lr", "loss", "batchnorm", "dropout", "width", "batch_size"):
+            assert key in hparams, f"searched parameter {key} missing from HParams: {sorted(hparams)}"

@@ -1,0 +1,71 @@
+"""The training loop: it denoises the built-in data, fused replicas equal separate runs, and a
+checkpoint restores training exactly."""
+import pytest
+import torch
+
+from n2n_models.data import load_pairs
+from n2n_models.metrics import psnr_uint8
+from n2n_models.train import ReplicaTrainer, TrainSpec
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    return load_pairs("synthetic", "pixelate", train_size=320, val_size=32, seed=3)
+
+
+def test_tnet_learns_to_denoise_the_default_data_in_three_epochs(tmp_path):
+    torch.set_num_threads(2)
+    pairs = load_pairs("photos", "pixelate", train_size=2000, val_size=200, seed=0, cache_dir=tmp_path)
+    noisy = psnr_uint8(pairs.val_noisy, pairs.val_clean)
+    trainer = ReplicaTrainer(TrainSpec("tnet", lr=3e-3, batch_size=16, epochs=3, seeds=(0,)))
+    for _ in range(3):
+        trainer.train_epoch(pairs.train_a, pairs.train_b)
+    denoised = trainer.evaluate(pairs.val_noisy, pairs.val_clean).item()
+    assert denoised >= noisy + 1.0, f"validation PSNR {denoised:.2f} dB vs noisy input {noisy:.2f} dB"
+
+
+# batch norm amplifies the last-bit differences of a batched reduction, hence its looser tolerance
+@pytest.mark.parametrize("hparams, epochs, tolerance, weight_tolerance",
+                         [({}, 2, 1e-5, 5e-4), ({"batchnorm": True}, 1, 1e-3, 2e-2)])
+def test_fused_replicas_train_the_same_numbers_as_separate_runs(synthetic, hparams, epochs, tolerance,
+                                                                 weight_tolerance):
+    spec = TrainSpec("tnet", hparams=hparams, lr=1e-3, batch_size=32, epochs=2, seeds=(0, 1, 2))
+    fused = ReplicaTrainer(spec, fused=True)
+    alone = [ReplicaTrainer(TrainSpec("tnet", hparams=hparams, lr=1e-3, batch_size=32, epochs=2, seeds=(s,)),
+                            fused=False) for s in spec.seeds]
+    for _ in range(epochs):
+        fused_loss = fused.train_epoch(synthetic.train_a, synthetic.train_b)
+        alone_loss = torch.cat([t.train_epoch(synthetic.train_a, synthetic.train_b) for t in alone])
+        assert torch.allclose(fused_loss, alone_loss, atol=tolerance, rtol=0), (fused_loss, alone_loss)
+    assert fused_loss.unique().numel() == 3, "replicas differ in initialisation and data order"
+    fused_weights = fused.replica_state_dicts()
+    for i, trainer in enumerate(alone):
+        for name, value in trainer.replica_state_dicts()[0].items():
+            if value.is_floating_point():
+                assert torch.allclose(fused_weights[i][name], value, atol=weight_tolerance, rtol=weight_tolerance), name
+
+
+def test_fused_replicas_support_dropout(synthetic):
+    spec = TrainSpec("tnet", hparams={"dropout": 0.2}, lr=1e-3, batch_size=64, epochs=1, seeds=(0, 1))
+    trainer = ReplicaTrainer(spec, fused=True)
+    losses = trainer.train_epoch(synthetic.train_a, synthetic.train_b)
+    assert torch.isfinite(losses).all()
+    out = trainer.predict(synthetic.val_noisy[:4])
+    assert torch.equal(out, trainer.predict(synthetic.val_noisy[:4])), "no dropout at evaluation"
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_checkpoint_restores_training_exactly(synthetic, fused):
+    spec = TrainSpec("tnet", lr=1e-3, batch_size=32, epochs=3, seeds=(0, 1))
+    straight = ReplicaTrainer(spec, fused=fused)
+    for _ in range(3):
+        expected = straight.train_epoch(synthetic.train_a, synthetic.train_b)
+    first = ReplicaTrainer(spec, fused=fused)
+    first.train_epoch(synthetic.train_a, synthetic.train_b)
+    state = first.state_dict()
+    resumed = ReplicaTrainer(spec, fused=fused)
+    resumed.load_state_dict(state)
+    assert resumed.epoch == 1
+    for _ in range(2):
+        got = resumed.train_epoch(synthetic.train_a, synthetic.train_b)
+    assert torch.allclose(got, expected, atol=1e-6)
