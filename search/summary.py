@@ -43,7 +43,12 @@ def print_summary(experiment, results, seconds: float, top: int = 10, interrupte
     counts = df["status"].value_counts().to_dict() if not df.empty else {}
     print(f"\nSearch {experiment.name} {'interrupted after' if interrupted else 'done in'} {seconds / 60:.1f} min: {len(df)} trials "
           f"({', '.join(f'{v} {k}' for k, v in counts.items())})", file=out)
-    ok = df[df["status"] != "errored"].dropna(subset=["val_psnr"]) if not df.empty else df
+    # errored and diverged trials are listed by the report, never taken as a best result
+    ok = df[~df["status"].isin(["errored", "diverged"])].dropna(subset=["val_psnr"]) if not df.empty else df
+    for status in ("errored", "diverged"):
+        names = df.loc[df["status"] == status, "trial"].tolist() if not df.empty else []
+        if names:
+            print(f"{len(names)} trial(s) {status}: {', '.join(names)}", file=out)
     if ok.empty:
         print("No trial produced a result.", file=out)
         return

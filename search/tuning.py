@@ -10,7 +10,6 @@ import time
 import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from trainables import make_trainable
 
@@ -18,6 +17,7 @@ from .cli import UsageError
 from .experiment import EXPERIMENT_FILE, Experiment, is_uri
 from .spaces import SPACES
 from .progress import ProgressLog
+from .searchers import make_searcher
 from .summary import print_summary
 
 METRIC, MODE = "val_psnr", "max"
@@ -31,21 +31,6 @@ def param_space(experiment: Experiment) -> dict:
     space = SPACES[experiment.space]
     constants = {"epochs": experiment.epochs, "seeds": experiment.seeds, "fused": experiment.fused}
     return {**space.params, **constants}
-
-
-def make_searcher(experiment: Experiment, slots: int):
-    space = SPACES[experiment.space]
-    if experiment.searcher == "optuna":
-        import optuna
-        from ray.tune.search.optuna import OptunaSearch
-
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-        return OptunaSearch(seed=experiment.search_seed)  # TuneConfig.max_concurrent_trials limits it
-    if experiment.searcher == "grid":
-        return BasicVariantGenerator(points_to_evaluate=[dict(c) for c in space.cells],
-                                     max_concurrent=slots, random_state=experiment.search_seed)
-    return BasicVariantGenerator(max_concurrent=slots, random_state=experiment.search_seed)
 
 
 def trial_name(trial) -> str:
@@ -156,7 +141,8 @@ def run_experiment(experiment: Experiment, resume: bool = False, name_given: boo
             tune_config=tune.TuneConfig(
                 metric=METRIC, mode=MODE, search_alg=make_searcher(experiment, slots),
                 scheduler=make_scheduler(experiment), num_samples=experiment.num_samples,
-                max_concurrent_trials=slots, reuse_actors=True,
+                # Searchers take the limit here; Tune's own generators (grid, random) take it themselves
+                max_concurrent_trials=slots if experiment.searcher == "optuna" else None, reuse_actors=True,
                 trial_name_creator=trial_name, trial_dirname_creator=trial_name,
             ),
             run_config=tune.RunConfig(

@@ -14,6 +14,7 @@ import time
 import warnings
 
 import numpy as np
+import pyarrow.fs
 import ray
 import torch
 from ray import tune
@@ -51,20 +52,41 @@ def trial_device() -> torch.device:
     return torch.device("cpu")
 
 
-def _load_checkpoint(trainer: ReplicaTrainer) -> dict:
-    """Restore from the trial's latest checkpoint; returns its extra state ({} for a fresh start).
-    A damaged checkpoint is reported and training starts afresh rather than failing the search."""
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is None:
-        return {}
+def _candidates(checkpoint: tune.Checkpoint) -> list[tune.Checkpoint]:
+    """The given checkpoint, then the trial's other checkpoints, newest first."""
+    fs, parent = checkpoint.filesystem, os.path.dirname(checkpoint.path.rstrip("/"))
     try:
-        with checkpoint.as_directory() as d:
-            state = torch.load(os.path.join(d, CHECKPOINT_FILE), map_location=trainer.device, weights_only=True)
-        trainer.load_state_dict(state["trainer"])
-        return state["extra"]
-    except Exception as e:  # noqa: BLE001 - any unreadable checkpoint means: start over
-        warnings.warn(f"checkpoint {checkpoint.path} is unreadable ({e}); training this trial from the start")
-        return {}
+        infos = fs.get_file_info(pyarrow.fs.FileSelector(parent))
+    except OSError:
+        return [checkpoint]
+    others = sorted((i.path for i in infos if i.type == pyarrow.fs.FileType.Directory
+                     and os.path.basename(i.path).startswith("checkpoint_") and i.path != checkpoint.path),
+                    reverse=True)
+    return [checkpoint] + [tune.Checkpoint(p, filesystem=fs) for p in others]
+
+
+def load_checkpoint(trainer: ReplicaTrainer) -> tuple[dict, bool]:
+    """Restore the trial from its latest readable checkpoint; returns (extra state, resumed).
+    A damaged checkpoint (truncated, not plain tensor data) is reported and skipped for the
+    previous good one, or a fresh start, rather than failing the search. Files load with
+    weights_only=True: a checkpoint cannot run code."""
+    latest = tune.get_checkpoint()
+    if latest is None:
+        return {}, False
+    for checkpoint in _candidates(latest):
+        try:
+            with checkpoint.as_directory() as d:
+                state = torch.load(os.path.join(d, CHECKPOINT_FILE), map_location=trainer.device, weights_only=True)
+            trainer.load_state_dict(state["trainer"])
+        except Exception as e:  # noqa: BLE001 - whatever is wrong with it, it cannot be used
+            warnings.warn(f"checkpoint {checkpoint.path} is unreadable ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:200] if str(e) else ''}); trying the previous one")
+            continue
+        if checkpoint is not latest:
+            warnings.warn(f"resuming from the earlier checkpoint {checkpoint.path} (epoch {trainer.epoch})")
+        return state["extra"], True
+    warnings.warn(f"no readable checkpoint for this trial; training it from the start")
+    return {}, False
 
 
 def train_n2n(config: dict, data: dict | None = None):
@@ -79,12 +101,13 @@ def train_n2n(config: dict, data: dict | None = None):
         torch.set_num_threads(threads)
     arrays = {k: torch.as_tensor(np.array(v)).to(device) for k, v in data.items()}
     trainer = ReplicaTrainer(spec, device=device, fused=config.get("fused"))
-    extra = _load_checkpoint(trainer)
+    extra, resumed = load_checkpoint(trainer)
     best, best_epoch = extra.get("best_val_psnr", -math.inf), extra.get("best_epoch", 0)
     params = count_parameters(build_model(spec.model, **spec.hparams))
     noisy_psnr = psnr_uint8(arrays["val_noisy"], arrays["val_clean"])
     grid = ImageGrid(int(config.get("grid_images", TRIAL_DEFAULTS["grid_images"])))
     while trainer.epoch < spec.epochs:
+        inject_fault(config, trainer.epoch + 1, resumed)
         losses = trainer.train_epoch(arrays["train_a"], arrays["train_b"])
         diverged = not bool(torch.isfinite(losses).all())
         seed_psnr = trainer.evaluate(arrays["val_noisy"], arrays["val_clean"]) if not diverged \
@@ -140,6 +163,18 @@ class ImageGrid:
         grid = torch.cat([torch.cat(list(row), dim=2) for row in rows], dim=1)  # (3, 96, count * 32)
         self.writer.add_image("denoised", grid.clamp(0, 1), global_step=epoch)
         self.writer.flush()
+
+
+class InjectedFault(RuntimeError):
+    """Raised on purpose by `fault_epoch`, to test that searches survive failing trials."""
+
+
+def inject_fault(config: dict, epoch: int, resumed: bool):
+    """Fault injection for tests of fault tolerance: with `fault_epoch: E` in the config the trial
+    raises as it starts epoch E, once (a retry that resumed from a checkpoint passes), or on every
+    attempt with `fault_repeat: True`."""
+    if config.get("fault_epoch") == epoch and (config.get("fault_repeat") or not resumed):
+        raise InjectedFault(f"injected fault at epoch {epoch}")
 
 
 def make_trainable(data: dict, cpus: float = 1, gpus: float = 0):
