@@ -99,9 +99,13 @@ def psnr_vs_hparams(exp: ExperimentData, path) -> bool:
         return False
     cols = min(3, len(keys))
     rows = math.ceil(len(keys) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.3 * rows), squeeze=False, sharey=True)
+    size = (6.5, 3.8) if len(keys) == 1 else (4.2 * cols, 3.3 * rows)
+    fig, axes = plt.subplots(rows, cols, figsize=size, squeeze=False, sharey=True)
     rng = np.random.default_rng(0)
+    noisy = exp.trials.get("noisy_psnr", pd.Series(dtype=float)).dropna()
     for ax, key in zip(axes.flat, keys):
+        if not noisy.empty:
+            ax.axhline(float(noisy.iloc[0]), color="k", ls="--", lw=1, label="noisy input")
         values = trials[key]
         if _is_numeric(key, values):
             x = values.astype(float).to_numpy()

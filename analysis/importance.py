@@ -26,8 +26,8 @@ def _distribution(key: str, values: list):
     return CategoricalDistribution(sorted(set(values), key=str))
 
 
-def param_importances(exp: ExperimentData) -> tuple[dict, str]:
-    """({hyperparameter: importance}, evaluator name), most important first; raises Skip."""
+def param_importances(exp: ExperimentData) -> tuple[dict, str, int]:
+    """({hyperparameter: importance} most important first, evaluator name, trials used); raises Skip."""
     if exp.is_grid:
         raise Skip("the report's grids are compared cell by cell in their table; importance is for searches")
     trials = exp.trials[exp.trials["status"].isin(USED_STATUSES)].dropna(subset=["best_psnr_mean"])
@@ -61,4 +61,4 @@ def param_importances(exp: ExperimentData) -> tuple[dict, str]:
     importances = {k: float(v) for k, v in importances.items() if math.isfinite(v)}
     if not importances:
         raise Skip(f"Optuna's {name} evaluator returned no finite importance")
-    return importances, name
+    return importances, name, len(trials)

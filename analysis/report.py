@@ -75,6 +75,12 @@ def _table_md(table: Table, title: str) -> list[str]:
 TITLES = {"table1_lr": "Table 1: learning rate", "table2_models": "Table 2: models", "search": "Search results"}
 
 
+def _shown_path(path: Path) -> str:
+    """`path` relative to the working directory when it lies below it (portable reports), else absolute."""
+    rel = os.path.relpath(path)
+    return path.as_posix() if rel.startswith("..") else Path(rel).as_posix()
+
+
 def _validation_data(exp: ExperimentData):
     """The experiment's validation images regenerated from its saved spec, or a reason why not."""
     from n2n_models.data import DataError, load_pairs
@@ -135,7 +141,8 @@ def write_report(exp: ExperimentData, out: Path, samples: int = 32) -> list[Tabl
             md += [f"Re-measured on the regenerated validation set: {measured:.2f} dB "
                    f"(recorded {best.val_psnr:.2f} dB).", ""]
         md += ["Denoise your own PNG/JPEG images of any size with it:", "", "```",
-               f"python -m n2n_models.denoise --model {out / 'best_model.pt'} IMAGE... --out denoised/", "```", ""]
+               f"python -m n2n_models.denoise --model {_shown_path(out / 'best_model.pt')} IMAGE... --out denoised/",
+               "```", ""]
 
     # -- figures ------------------------------------------------------------------------------------
     md += ["## Figures", ""]
@@ -145,7 +152,8 @@ def write_report(exp: ExperimentData, out: Path, samples: int = 32) -> list[Tabl
                "is the noisy input.", ""]
     if figures.psnr_vs_hparams(exp, out / "psnr_vs_hparams.png"):
         md += ["### PSNR against each hyperparameter", "", "![PSNR against hyperparameters](psnr_vs_hparams.png)",
-               "", "Each point is a configuration (error bars: std over seeds), coloured by status.", ""]
+               "", "Each point is a configuration (error bars: std over seeds), coloured by status; the dashed "
+               "line is the noisy input.", ""]
     if model is not None and val is not None:
         figures.denoised_examples(model, val[0], val[1], out / "denoised_examples.png")
         md += ["### Denoised examples", "", "![Noisy, denoised and clean validation images](denoised_examples.png)",
@@ -161,14 +169,16 @@ def write_report(exp: ExperimentData, out: Path, samples: int = 32) -> list[Tabl
                "output gradient are those the denoised image depends on.", ""]
     md += ["### Hyperparameter importance", ""]
     try:
-        importances, evaluator = param_importances(exp)
+        importances, evaluator, used = param_importances(exp)
     except Skip as e:
         md += [f"Not computed: {e}.", ""]
     else:
         table = importance_table(importances, evaluator)
         table.write(out)
         figures.importance_figure(importances, evaluator, out / "importance.png")
-        md += ["![Hyperparameter importance](importance.png)", "", table.caption, "", table.to_markdown(), "",
+        md += ["![Hyperparameter importance](importance.png)", "", table.caption + f" Computed from {used} "
+               "finished or ASHA-stopped trials (value: each one's best seed-mean PSNR); with few "
+               "trials it is a rough indication.", "", table.to_markdown(), "",
                f"Files: [importance.csv](importance.csv), [importance.tex](importance.tex).", ""]
     (out / "report.md").write_text("\n".join(md), encoding="utf-8")
     return tables

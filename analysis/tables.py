@@ -30,7 +30,8 @@ class Table:
         return markdown_table(self.display)
 
     def to_latex(self) -> str:
-        tex = self.display.to_latex(index=False, escape=True, caption=self.caption, label=f"tab:{self.name}",
+        caption = "".join("\\" + c if c in "#%_&$" else c for c in self.caption)  # escape=True skips captions
+        tex = self.display.to_latex(index=False, escape=True, caption=caption, label=f"tab:{self.name}",
                                     column_format="l" * len(self.display.columns))
         return tex.replace("±", r"$\pm$").replace("×", r"$\times$").replace("—", "--")
 
@@ -87,6 +88,11 @@ def _status_mark(row) -> str:
     return f"{row['status']} after {int(row['epochs'])} of {int(row['target_epochs'])} epochs"
 
 
+def _marked(cells: list[str], statuses) -> list[str]:
+    """A grid cell's value with its status when the configuration did not finish normally."""
+    return [c if s == "finished" or c == "—" else f"{c} ({s})" for c, s in zip(cells, statuses)]
+
+
 def _grid_data(trials: pd.DataFrame, key_cols: list[str]) -> pd.DataFrame:
     """One row per grid cell: its config keys and the final epoch's seed mean/std."""
     data = trials[[c for c in key_cols if c in trials]].copy()
@@ -118,13 +124,15 @@ def lr_table(exp: ExperimentData) -> Table:
     d = loss_decimals(data["loss_mean"])
     loss_name = "/".join(sorted({str(v).upper() for v in trials["loss"].dropna()})) or "L2"
     display = pd.DataFrame(
-        [["PSNR (dB)", *(mean_pm_std(m, s, PSNR_DECIMALS) for m, s in zip(data["psnr_mean"], data["psnr_std"]))],
-         [f"Loss ({loss_name})", *(mean_pm_std(m, s, d) for m, s in zip(data["loss_mean"], data["loss_std"]))]],
+        [["PSNR (dB)", *_marked([mean_pm_std(m, s, PSNR_DECIMALS) for m, s in zip(data["psnr_mean"], data["psnr_std"])],
+                                data["status"])],
+         [f"Loss ({loss_name})", *_marked([mean_pm_std(m, s, d) for m, s in zip(data["loss_mean"], data["loss_std"])],
+                                          data["status"])]],
         columns=["LR × 1e-3", *heads])
     epochs = int(exp.spec.get("epochs", 0))
     caption = (f"Learning rate comparison: validation PSNR and training loss after the last epoch "
                f"({epochs} planned), average ± standard deviation over {_seed_text(data)}.")
-    names = {t: f"LR {lr * 1e3:g}e-3 (trial {t})" for t, lr in zip(trials.index, trials["lr"])}
+    names = {t: f"LR {lr * 1e3:g} × 1e-3 (trial {t})" for t, lr in zip(trials.index, trials["lr"])}
     return Table("table1_lr", caption, data.reset_index(drop=True), display, _remarks(trials, names))
 
 
@@ -142,7 +150,8 @@ def models_table(exp: ExperimentData) -> Table:
         "Res": [_yes_no(v) for v in data["residual"]],
         "Loss": [str(v).upper() for v in data["loss"]],
         "BN": [_yes_no(v) for v in data["batchnorm"]],
-        "PSNR (dB)": [mean_pm_std(m, s, PSNR_DECIMALS) for m, s in zip(data["psnr_mean"], data["psnr_std"])],
+        "PSNR (dB)": _marked([mean_pm_std(m, s, PSNR_DECIMALS) for m, s in zip(data["psnr_mean"], data["psnr_std"])],
+                             data["status"]),
     })
     caption = (f"Comparison of models: #P parameters in thousands, Res residual connections, BN batch "
                f"normalisation, PSNR after the last epoch, average ± standard deviation over {_seed_text(data)}.")

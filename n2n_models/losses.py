@@ -22,8 +22,10 @@ def l1(pred: torch.Tensor, target: torch.Tensor, progress: float = 0.0) -> torch
 
 
 def hdr(pred: torch.Tensor, target: torch.Tensor, progress: float = 0.0) -> torch.Tensor:
-    """The Noise2Noise paper's HDR loss (f - y)^2 / (f + 0.01)^2, no gradient through the denominator."""
-    return _per_sample((pred - target) ** 2 / (pred.detach() + 0.01) ** 2)
+    """The Noise2Noise paper's HDR loss (f - y)^2 / (f + 0.01)^2, no gradient through the
+    denominator. f is clamped at 0 there: the paper's images are non-negative, but a network's
+    output can dip below -0.01 and make the denominator vanish."""
+    return _per_sample((pred - target) ** 2 / (pred.detach().clamp_min(0) + 0.01) ** 2)
 
 
 def l0_gamma(progress: float) -> float:

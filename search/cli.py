@@ -34,6 +34,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = _non_negative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
 def _non_negative_float(text: str) -> float:
     try:
         value = float(text)
@@ -62,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pixelate, gaussian:SIGMA, poisson:LAMBDA, impulse:P, bernoulli:P or text")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the generated data set")
     p.add_argument("--search-seed", type=int, default=0, help="seed of the searcher")
-    p.add_argument("--cpus-per-trial", type=_non_negative_float, default=1.0)
+    p.add_argument("--cpus-per-trial", type=_positive_float, default=1.0)
     p.add_argument("--gpus-per-trial", type=_non_negative_float,
                    help="GPU share per trial, e.g. 0.25 (default 0.25 when the cluster has GPUs, else 0)")
     p.add_argument("--max-concurrent", type=_positive_int, help="default: the trial slots the cluster has")
@@ -99,6 +106,8 @@ def parse(argv: list[str] | None = None) -> tuple[Experiment, argparse.Namespace
         raise UsageError(f"--gpus-per-trial {gpus:g}: a share above 1 must be a whole number of GPUs")
     _check_data(args.data, args.noise)
     storage = args.storage if is_uri(args.storage) else os.path.abspath(os.path.expanduser(args.storage))
+    if not is_uri(storage) and os.path.exists(storage) and not os.path.isdir(storage):
+        raise UsageError(f"--storage {storage} is a file; give a folder (or an s3:// URI)")
     name = args.name or f"{space.name}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     if "/" in name or name in (".", ".."):
         raise UsageError(f"--name {name!r} must be a plain folder name")

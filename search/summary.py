@@ -67,4 +67,8 @@ def print_summary(experiment, results, seconds: float, top: int = 10, interrupte
           file=out)
     path = shlex.quote(experiment.path)
     print(f"Compare trials:  tensorboard --logdir {path}", file=out)
-    print(f"Write the report: python analysis/report.py {path}", file=out)
+    if "://" in experiment.path:  # the report reads a local folder
+        local = shlex.quote(f"runs/{experiment.name}")
+        print(f"Write the report: aws s3 sync {path} {local} && python analysis/report.py {local}", file=out)
+    else:
+        print(f"Write the report: python analysis/report.py {path}", file=out)

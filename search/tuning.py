@@ -1,11 +1,16 @@
 """Searcher, scheduler and Tuner set-up for one Experiment; start or join Ray; run or resume."""
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
-import sys
+import socket
 import time
+import warnings
+
+import pandas as pd
+import pyarrow.fs
 
 import ray
 from ray import tune
@@ -24,7 +29,8 @@ METRIC, MODE = "val_psnr", "max"
 
 
 def log(message: str):
-    print(f"[n2n-search] {message}", file=sys.stderr, flush=True)
+    """Progress goes to stdout; stderr is kept for what went wrong."""
+    print(f"[n2n-search] {message}", flush=True)
 
 
 def param_space(experiment: Experiment) -> dict:
@@ -60,6 +66,20 @@ def connect(address: str | None):
                  logging_level="WARNING")
 
 
+def check_reachable(address: str, timeout: float = 10.0):
+    """Fail fast on a HOST:PORT nobody answers at (ray.init would retry for minutes)."""
+    if address == "auto":
+        return
+    host, _, port = address.split("://")[-1].rpartition(":")
+    if not host or not port.isdigit():
+        raise UsageError(f"--address {address!r}: expected auto or HOST:PORT of a Ray head (e.g. 10.0.0.5:6379)")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise UsageError(f"cannot reach a Ray cluster at --address {address} ({e.strerror or e}); "
+                         f"is the head running (ray status)?") from None
+
+
 def trial_resources(experiment: Experiment) -> tuple[float, float, int]:
     """(cpus, gpus) per trial and the number of trials the cluster can run at once."""
     total = ray.cluster_resources()
@@ -67,8 +87,9 @@ def trial_resources(experiment: Experiment) -> tuple[float, float, int]:
     gpus = experiment.gpus_per_trial
     if gpus is None:
         gpus = 0.25 if gpus_total > 0 else 0.0
-    if gpus > 0 and gpus_total == 0:
-        log(f"warning: --gpus-per-trial {gpus:g} but the cluster has no GPU now; trials wait for GPU nodes")
+    if gpus > 0 and gpus_total == 0 and not experiment.max_concurrent:
+        log(f"warning: --gpus-per-trial {gpus:g} but the cluster has no GPU now; trials wait for GPU nodes. "
+            f"On an autoscaling cluster pass --max-concurrent N (trials at a time once workers are up)")
     slot_counts = []
     if cpus > 0:
         slot_counts.append(math.floor(total.get("CPU", 0) / cpus + 1e-9))
@@ -91,6 +112,11 @@ def load_data(experiment: Experiment) -> dict:
         f"{experiment.val_size} validation images ({time.time() - start:.1f} s)")
     names = ("train_a", "train_b", "val_noisy", "val_clean")
     return {k: getattr(pairs, k).numpy() for k in names}
+
+
+def experiment_exists(path: str) -> bool:
+    fs, root = pyarrow.fs.FileSystem.from_uri(path)
+    return fs.get_file_info(f"{root}/{EXPERIMENT_FILE}").type != pyarrow.fs.FileType.NotFound
 
 
 def newest_experiment(storage: str, space: str) -> str | None:
@@ -121,8 +147,10 @@ def run_experiment(experiment: Experiment, resume: bool = False, name_given: boo
                    address: str | None = None) -> int:
     if resume:
         experiment = resolve_resume(experiment, name_given)
-    elif not is_uri(experiment.path) and os.path.exists(os.path.join(experiment.path, EXPERIMENT_FILE)):
+    elif experiment_exists(experiment.path):
         raise UsageError(f"experiment {experiment.path} exists; add --resume to continue it or pick another --name")
+    if address:
+        check_reachable(address)
     data = load_data(experiment)
     connect(address)
     cpus, gpus, slots = trial_resources(experiment)
@@ -157,14 +185,46 @@ def run_experiment(experiment: Experiment, resume: bool = False, name_given: boo
         )
     start = time.time()
     interrupted = InterruptWatch()
-    with interrupted:
+    with interrupted, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is already reported")  # Optuna, on redone epochs
         results = tuner.fit()
+    for result in results:
+        drop_superseded_results(result.path)
     print_summary(experiment, results, time.time() - start, interrupted=interrupted.seen)
     if interrupted.seen:
         log(f"interrupted; the state is saved. Continue with: python search/run.py --resume "
             f"--name {experiment.name} --storage {experiment.storage}")
         return 130
     return 0
+
+
+def drop_superseded_results(trial_dir: str):
+    """Keep one result per epoch in a trial's progress.csv and result.json. A trial resumed from
+    a checkpoint older than its last result (after a hard kill, or when the last checkpoint was
+    not yet in the saved experiment state) redoes epochs, and Tune appends them again; the redone
+    result is the one later epochs build on, so it is kept. Local storage only: the analysis
+    applies the same rule when it reads remote results."""
+    if is_uri(trial_dir):
+        return
+    csv_path, json_path = os.path.join(trial_dir, "progress.csv"), os.path.join(trial_dir, "result.json")
+    if not os.path.exists(json_path) or not os.path.exists(csv_path):
+        return
+    with open(json_path) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    latest = {row.get("training_iteration"): row for row in rows}
+    if len(latest) == len(rows):
+        return
+    ordered = [latest[k] for k in sorted(latest)]
+    _atomic_write(json_path, "".join(json.dumps(row) + "\n" for row in ordered))
+    table = pd.read_csv(csv_path).drop_duplicates("training_iteration", keep="last")
+    _atomic_write(csv_path, table.sort_values("training_iteration").to_csv(index=False))
+
+
+def _atomic_write(path: str, text: str):
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
 
 
 class InterruptWatch(logging.Handler):

@@ -121,8 +121,13 @@ def tex_table(path: Path) -> pd.DataFrame:
 
     def cells(line):
         line = line.strip().removesuffix(r"\\").strip()
-        return [c.strip().replace(r"$\pm$", "±").replace(r"$\times$", "×").replace(r"\#", "#").replace(r"\_", "_")
-                for c in line.split(" & ")]
+        back = {r"$\pm$": "±", r"$\times$": "×", r"\#": "#", r"\_": "_", "--": "—"}
+        out = []
+        for c in line.split(" & "):
+            for tex, text in back.items():
+                c = c.replace(tex, text)
+            out.append(c.strip())
+        return out
     rows = [cells(line) for line in body.strip().splitlines() if line.strip()]
     return pd.DataFrame(rows, columns=cells(head.strip()))
 

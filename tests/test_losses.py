@@ -26,6 +26,13 @@ def test_hdr_divides_by_the_squared_prediction_plus_0_01():
     assert get_loss("hdr")(PRED, TARGET).item() == pytest.approx(expected, rel=1e-5)
 
 
+def test_hdr_denominator_never_vanishes_for_negative_outputs():
+    pred = torch.tensor([-0.01, -0.5]).view(1, 1, 1, 2)
+    target = torch.zeros(1, 1, 1, 2)
+    expected = (0.01**2 / 0.01**2 + 0.25 / 0.01**2) / 2  # f clamped at 0 in the denominator
+    assert get_loss("hdr")(pred, target).item() == pytest.approx(expected, rel=1e-5)
+
+
 def test_hdr_has_no_gradient_through_its_denominator():
     pred = PRED.clone().requires_grad_()
     get_loss("hdr")(pred, TARGET).sum().backward()

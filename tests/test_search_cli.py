@@ -1,35 +1,67 @@
-"""Bad usage of `search/run.py` exits 2 with one line on stderr and no traceback."""
+"""Bad usage of `search/run.py` exits 2 with one line on stderr and no traceback, before any
+work is done; every flag is tried with an invalid value."""
 import pytest
 
 from conftest import run_cli
+from search.cli import main
 
 BAD_USAGE = {
     "unknown space": (["--space", "resnet"], "unknown space 'resnet'"),
     "unknown searcher": (["--searcher", "bayes"], "unknown searcher 'bayes'"),
     "unknown scheduler": (["--scheduler", "pbt"], "unknown scheduler 'pbt'"),
     "unknown budget": (["--budget", "huge"], "unknown budget 'huge'"),
-    "bad noise spec": (["--noise", "gaussian:abc"], "gaussian"),
-    "unknown noise": (["--noise", "speckle"], "speckle"),
+    "zero samples": (["--num-samples", "0"], "--num-samples"),
+    "seeds not a number": (["--seeds", "five"], "--seeds"),
+    "zero epochs": (["--epochs", "0"], "--epochs"),
+    "negative train size": (["--train-size", "-5"], "--train-size"),
+    "val size not a number": (["--val-size", "1e3"], "--val-size"),
+    "data seed not an integer": (["--data-seed", "x"], "--data-seed"),
+    "search seed not an integer": (["--search-seed", "1.5"], "--search-seed"),
     "bad data spec": (["--data", "imagenet"], "imagenet"),
     "missing data folder": (["--data", "folder:/nonexistent/photos"], "/nonexistent/photos"),
+    "missing epfl folder": (["--data", "epfl:/nonexistent/epfl"], "/nonexistent/epfl"),
+    "unknown noise": (["--noise", "speckle"], "speckle"),
+    "bad noise parameter": (["--noise", "gaussian:abc"], "gaussian"),
+    "noise parameter out of range": (["--noise", "impulse:1.5"], "impulse"),
+    "zero cpus per trial": (["--cpus-per-trial", "0"], "--cpus-per-trial"),
+    "negative cpus per trial": (["--cpus-per-trial", "-1"], "--cpus-per-trial"),
     "fractional gpus above 1": (["--gpus-per-trial", "1.5"], "--gpus-per-trial 1.5"),
-    "negative cpus": (["--cpus-per-trial", "-1"], "--cpus-per-trial"),
-    "zero epochs": (["--epochs", "0"], "--epochs"),
+    "gpus not a number": (["--gpus-per-trial", "half"], "--gpus-per-trial"),
+    "zero concurrency": (["--max-concurrent", "0"], "--max-concurrent"),
+    "name with a slash": (["--name", "a/b"], "--name"),
+    "unknown fused mode": (["--fused", "maybe"], "--fused"),
+    "unreachable address": (["--address", "127.0.0.1:1"], "cannot reach a Ray cluster"),
+    "malformed address": (["--address", "nowhere"], "--address"),
+    "unknown flag": (["--learning-rate", "1"], "--learning-rate"),
     "grid with a continuous space": (["--searcher", "grid"], "continuous"),
     "optuna on a fixed grid": (["--space", "lr-grid", "--searcher", "optuna"], "--searcher grid"),
 }
 
 
 @pytest.mark.parametrize("case", sorted(BAD_USAGE))
-def test_bad_usage_exits_2_with_one_line(case, tmp_path):
+def test_every_bad_flag_exits_2_with_one_line(case, tmp_path, capsys):
     args, expected = BAD_USAGE[case]
-    proc = run_cli(*args, "--storage", str(tmp_path), timeout=120)
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert expected in lines[0]
-    assert not any(tmp_path.iterdir()), "bad usage must not write anything"
+    # defaults first, so that the flag under test (given later) wins
+    assert main(["--budget", "smoke", "--data", "synthetic", "--storage", str(tmp_path / "runs"), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0], err
+    assert expected in err[0]
+    assert not (tmp_path / "runs").exists(), "bad usage writes nothing"
+
+
+def test_storage_that_is_a_file_exits_2(tmp_path, capsys):
+    blocker = tmp_path / "results.txt"
+    blocker.write_text("keep me")
+    assert main(["--storage", str(blocker)]) == 2
+    assert "is a file" in capsys.readouterr().err
+    assert blocker.read_text() == "keep me"
+
+
+def test_the_command_exits_2_with_one_line_and_no_traceback(tmp_path):
+    proc = run_cli("--space", "resnet", "--storage", str(tmp_path), timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "search/run.py: error: unknown space 'resnet'; choose one of tnet, unet, basenet, lr-grid, models"]
 
 
 def test_resume_of_a_missing_experiment_exits_2(tmp_path):

@@ -53,7 +53,7 @@ def trial_device() -> torch.device:
 
 
 def _candidates(checkpoint: tune.Checkpoint) -> list[tune.Checkpoint]:
-    """The given checkpoint, then the trial's other checkpoints, newest first."""
+    """The given checkpoint, then the trial's older checkpoints, newest first."""
     fs, parent = checkpoint.filesystem, os.path.dirname(checkpoint.path.rstrip("/"))
     try:
         infos = fs.get_file_info(pyarrow.fs.FileSelector(parent))
@@ -62,15 +62,15 @@ def _candidates(checkpoint: tune.Checkpoint) -> list[tune.Checkpoint]:
     others = sorted((i.path for i in infos if i.type == pyarrow.fs.FileType.Directory
                      and os.path.basename(i.path).startswith("checkpoint_") and i.path != checkpoint.path),
                     reverse=True)
-    return [checkpoint] + [tune.Checkpoint(p, filesystem=fs) for p in others]
+    return [checkpoint] + [tune.Checkpoint(p, filesystem=fs) for p in others if p < checkpoint.path]
 
 
-def load_checkpoint(trainer: ReplicaTrainer) -> tuple[dict, bool]:
-    """Restore the trial from its latest readable checkpoint; returns (extra state, resumed).
+def load_checkpoint(trainer: ReplicaTrainer, latest: tune.Checkpoint | None) -> tuple[dict, bool]:
+    """Restore the trial from `latest` (Tune's checkpoint to resume from) or, when that one is
+    unreadable, the newest readable checkpoint before it; returns (extra state, resumed).
     A damaged checkpoint (truncated, not plain tensor data) is reported and skipped for the
     previous good one, or a fresh start, rather than failing the search. Files load with
     weights_only=True: a checkpoint cannot run code."""
-    latest = tune.get_checkpoint()
     if latest is None:
         return {}, False
     for checkpoint in _candidates(latest):
@@ -101,7 +101,7 @@ def train_n2n(config: dict, data: dict | None = None):
         torch.set_num_threads(threads)
     arrays = {k: torch.as_tensor(np.array(v)).to(device) for k, v in data.items()}
     trainer = ReplicaTrainer(spec, device=device, fused=config.get("fused"))
-    extra, resumed = load_checkpoint(trainer)
+    extra, resumed = load_checkpoint(trainer, tune.get_checkpoint())
     best, best_epoch = extra.get("best_val_psnr", -math.inf), extra.get("best_epoch", 0)
     params = count_parameters(build_model(spec.model, **spec.hparams))
     noisy_psnr = psnr_uint8(arrays["val_noisy"], arrays["val_clean"])
