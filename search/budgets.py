@@ -16,6 +16,6 @@ class Budget:
 
 BUDGETS = {
     "smoke": Budget(256, 64, 2, 1, 4, "seconds: tiny data, for tests"),
-    "quick": Budget(4_000, 500, 8, 1, 16, "a few minutes on a 2-core laptop (the default)"),
+    "quick": Budget(2_500, 500, 6, 1, 16, "a few minutes on a 2-core laptop (the default)"),
     "paper": Budget(50_000, 1_000, 50, 5, 64, "the report's setting: 50,000 pairs, 50 epochs, batch 32, 5 seeds"),
 }

@@ -157,3 +157,25 @@ def test_denoise_export_and_smoothgrad_never_import_ray():
     code = ("import sys, n2n_models.denoise, n2n_models.export, n2n_models.smoothgrad; "
             "sys.exit(any(m == 'ray' or m.startswith('ray.') for m in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO, timeout=120).returncode == 0
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_model_file_that_would_run_code_is_refused(tmp_path, capsys):
+    import pickle
+
+    marker = tmp_path / "pwned"
+    with open(tmp_path / "evil.pt", "wb") as f:
+        pickle.dump({"model": "tnet", "state_dict": _RunsCode(marker)}, f)
+    good = tmp_path / "good.png"
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(good)
+    assert main(["--model", str(tmp_path / "evil.pt"), str(good), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "evil.pt" in err[0]
+    assert not marker.exists(), "loading a model file must never execute code"
