@@ -80,13 +80,16 @@ def check_reachable(address: str, timeout: float = 10.0):
                          f"is the head running (ray status)?") from None
 
 
-def trial_resources(experiment: Experiment) -> tuple[float, float, int]:
+def trial_resources(experiment: Experiment, joined: bool = False) -> tuple[float, float, int]:
     """(cpus, gpus) per trial and the number of trials the cluster can run at once."""
     total = ray.cluster_resources()
     cpus, gpus_total = experiment.cpus_per_trial, total.get("GPU", 0)
     gpus = experiment.gpus_per_trial
     if gpus is None:
         gpus = 0.25 if gpus_total > 0 else 0.0
+        if joined and gpus_total == 0:
+            log("note: the cluster has no GPU now, so trials run on CPUs; on an autoscaling GPU cluster "
+                "pass --gpus-per-trial 0.25 --max-concurrent N")
     if gpus > 0 and gpus_total == 0 and not experiment.max_concurrent:
         log(f"warning: --gpus-per-trial {gpus:g} but the cluster has no GPU now; trials wait for GPU nodes. "
             f"On an autoscaling cluster pass --max-concurrent N (trials at a time once workers are up)")
@@ -128,6 +131,8 @@ def newest_experiment(storage: str, space: str) -> str | None:
 
 
 def resolve_resume(experiment: Experiment, name_given: bool) -> Experiment:
+    if not name_given and is_uri(experiment.storage):
+        raise UsageError(f"--resume on {experiment.storage}: give the experiment's --name")
     name = experiment.name if name_given else newest_experiment(experiment.storage, experiment.space)
     path = f"{experiment.storage.rstrip('/')}/{name}" if name else None
     if not path or not tune.Tuner.can_restore(path):
@@ -153,7 +158,7 @@ def run_experiment(experiment: Experiment, resume: bool = False, name_given: boo
         check_reachable(address)
     data = load_data(experiment)
     connect(address)
-    cpus, gpus, slots = trial_resources(experiment)
+    cpus, gpus, slots = trial_resources(experiment, joined=address is not None)
     trainable = make_trainable(data, cpus=cpus, gpus=gpus)
     log(f"{'resuming' if resume else 'starting'} {experiment.path}: space {experiment.space}, "
         f"{experiment.searcher} + {experiment.scheduler}, {experiment.num_samples} configurations x "
