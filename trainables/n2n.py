@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import pickle
 import tempfile
 import time
 import warnings
@@ -78,14 +79,19 @@ def load_checkpoint(trainer: ReplicaTrainer, latest: tune.Checkpoint | None) -> 
             with checkpoint.as_directory() as d:
                 state = torch.load(os.path.join(d, CHECKPOINT_FILE), map_location=trainer.device, weights_only=True)
             trainer.load_state_dict(state["trainer"])
+        except pickle.UnpicklingError:
+            warnings.warn(f"checkpoint {checkpoint.path} is unreadable (not plain tensor data: refused, since "
+                          f"loading it could run code); trying the previous one")
+            continue
         except Exception as e:  # noqa: BLE001 - whatever is wrong with it, it cannot be used
-            warnings.warn(f"checkpoint {checkpoint.path} is unreadable ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0][:200] if str(e) else ''}); trying the previous one")
+            reason = str(e).splitlines()[0][:200] if str(e) else ""
+            warnings.warn(f"checkpoint {checkpoint.path} is unreadable ({type(e).__name__}: {reason}); "
+                          f"trying the previous one")
             continue
         if checkpoint is not latest:
             warnings.warn(f"resuming from the earlier checkpoint {checkpoint.path} (epoch {trainer.epoch})")
         return state["extra"], True
-    warnings.warn(f"no readable checkpoint for this trial; training it from the start")
+    warnings.warn("no readable checkpoint for this trial; training it from the start")
     return {}, False
 
 

@@ -1,0 +1,281 @@
+"""Training throughput of the project's loop against a plain reference loop, and of fused seed
+replicas against sequential ones, measured side by side in one run.
+
+    python bench/throughput.py [--threads 2] [--models tnet,unet,basenet] [--batch-sizes 16,32,64]
+                               [--rounds 5] [--seeds 5] [--quick]
+
+The reference loop trains the way the report's own code does: the data as one float tensor,
+shuffled once per epoch, sliced per batch and divided by 255 per batch, a standard module forward
+in the default memory layout, the default Adam, `optimizer.step()`. The project's loop is
+`n2n_models.train.ReplicaTrainer` with one seed. Same model, seed, data order and batch size.
+Every measurement alternates the variants round by round (the machine is shared and noisy);
+figures are medians over rounds and ratios of medians. Printed:
+
+  1. the machine's matrix-multiply peak: a large torch.mm on the same threads (GFLOP/s);
+  2. per model and batch size: images/s of the reference and the project's loop, the speed-up,
+     the model's training FLOPs (torch.utils.flop_counter) and the share of the peak reached;
+  3. TNet at batch 32: what each ingredient brings (layout, Adam kernel) and what was measured
+     but not adopted (torch.compile, bfloat16 autocast);
+  4. K fused seed replicas against K sequential ones, and against the previous fused
+     implementation (torch.func vmap over stacked weights).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from n2n_models import build_model  # noqa: E402
+from n2n_models.data import load_pairs  # noqa: E402
+from n2n_models.train import ReplicaTrainer, TrainSpec, data_order  # noqa: E402
+
+LR = 5e-4
+
+
+# -- the reference loop ---------------------------------------------------------------------------
+class ReferenceLoop:
+    """Trains one model the way the report's code does (see the module docstring). It uses the
+    project's data order (`data_order(seed, epoch)`) so that both loops see the same batches."""
+
+    def __init__(self, model: str, hparams: dict, seed: int, train_a: torch.Tensor, train_b: torch.Tensor,
+                 batch_size: int, lr: float = LR):
+        torch.manual_seed(seed)
+        self.model = build_model(model, **hparams)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr)
+        self.a, self.b = train_a.float(), train_b.float()  # the data set as float, 0-255
+        self.seed, self.batch_size, self.epoch = seed, batch_size, 0
+
+    def train_epoch(self) -> list[torch.Tensor]:
+        """One epoch; returns every step's loss (L2, mean over the batch)."""
+        order = data_order(self.seed, self.epoch, len(self.a), "cpu")
+        a, b = self.a[order], self.b[order]  # shuffle, then slice
+        self.model.train()
+        losses = []
+        for start in range(0, len(a), self.batch_size):
+            x = a[start:start + self.batch_size] / 255
+            y = b[start:start + self.batch_size] / 255
+            loss = torch.nn.functional.mse_loss(self.model(x), y)
+            self.optimizer.zero_grad()
+            loss.backward()
+            self.optimizer.step()
+            losses.append(loss.detach())
+        self.epoch += 1
+        return losses
+
+
+def previous_loop(trainer: ReplicaTrainer) -> ReplicaTrainer:
+    """A sequential trainer turned back into the loop this project had before: default memory
+    layout and the default (per-tensor) Adam."""
+    trainer.channels_last = False
+    trainer.models = [m.to(memory_format=torch.contiguous_format) for m in trainer.models]
+    trainer.optimizers = [torch.optim.Adam(m.parameters(), lr=trainer.spec.lr) for m in trainer.models]
+    return trainer
+
+
+class VmapReplicas:
+    """The previous fused implementation, for comparison: torch.func.stack_module_state + vmap
+    (every convolution becomes a grouped convolution in the default layout), default Adam."""
+
+    def __init__(self, spec: TrainSpec):
+        from torch.func import functional_call, stack_module_state, vmap
+
+        self.spec, self.epoch = spec, 0
+        models = []
+        for s in spec.seeds:
+            torch.manual_seed(s)
+            models.append(build_model(spec.model, **spec.hparams))
+        params, self.buffers = stack_module_state(models)
+        self.params = {k: v.detach().requires_grad_() for k, v in params.items()}
+        base = models[0].to("meta")
+        self.forward = vmap(lambda p, b, x: functional_call(base, (p, b), (x,)), randomness="different")
+        self.vmap = vmap
+        self.optimizer = torch.optim.Adam(self.params.values(), lr=spec.lr)
+
+    def train_epoch(self, train_a, train_b):
+        n, bs = len(train_a), self.spec.batch_size
+        orders = torch.stack([data_order(s, self.epoch, n, "cpu") for s in self.spec.seeds])
+        for start in range(0, n, bs):
+            idx = orders[:, start:start + bs]
+            x, y = train_a[idx].float().div_(255), train_b[idx].float().div_(255)
+            per_sample = self.vmap(lambda p, t: ((p - t) ** 2).flatten(1).mean(1))(
+                self.forward(self.params, self.buffers, x), y)
+            self.optimizer.zero_grad(set_to_none=True)
+            per_sample.mean(1).sum().backward()
+            self.optimizer.step()
+        self.epoch += 1
+
+
+# -- measuring ------------------------------------------------------------------------------------
+def matmul_peak(n: int = 2048, repeats: int = 7) -> float:
+    """GFLOP/s of an n x n float32 torch.mm on the current threads (median of repeats)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t)
+    return 2 * n ** 3 / statistics.median(times) / 1e9
+
+
+def training_flops(model: str, hparams: dict, batch_size: int) -> int:
+    """FLOPs of one training step's forward and backward (torch.utils.flop_counter)."""
+    torch.manual_seed(0)
+    net = build_model(model, **hparams)
+    x, y = torch.rand(batch_size, 3, 32, 32), torch.rand(batch_size, 3, 32, 32)
+    with FlopCounterMode(display=False) as counter:
+        torch.nn.functional.mse_loss(net(x), y).backward()
+    return counter.get_total_flops()
+
+
+def side_by_side(variants: dict, rounds: int) -> dict:
+    """Run each variant once untimed, then `rounds` times, alternating; seconds per run."""
+    for run in variants.values():
+        run()
+    times = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, run in variants.items():
+            t = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - t)
+    return times
+
+
+def med(xs):
+    return statistics.median(xs)
+
+
+def load_line() -> str:
+    one, five, _ = os.getloadavg()
+    return f"load average {one:.2f} (1 min), {five:.2f} (5 min)"
+
+
+# -- the sections ---------------------------------------------------------------------------------
+def loop_vs_reference(pairs, model: str, batch_size: int, steps: int, rounds: int, peak: float):
+    n = steps * batch_size
+    a, b = pairs.train_a[:n], pairs.train_b[:n]
+    ref = ReferenceLoop(model, {}, 0, a, b, batch_size)
+    ours = ReplicaTrainer(TrainSpec(model, lr=LR, batch_size=batch_size, seeds=(0,)), fused=False)
+    ref_losses, our_losses = ref.train_epoch(), []
+    ours.train_epoch(a, b, step_losses=our_losses)
+    diff = max(abs(float(r) - float(o)) / float(r) for r, o in zip(ref_losses, our_losses))
+    times = side_by_side({"reference": ref.train_epoch, "project": lambda: ours.train_epoch(a, b)}, rounds)
+    flops = training_flops(model, {}, batch_size)
+    ips = {k: n / med(v) for k, v in times.items()}
+    share = {k: flops * steps / med(v) / 1e9 / peak for k, v in times.items()}
+    print(f"{model:8s} {batch_size:5d} {ips['reference']:11.0f} {ips['project']:11.0f} "
+          f"{ips['project'] / ips['reference']:8.2f}x {flops / batch_size / 1e6:11.1f} "
+          f"{100 * share['reference']:7.1f}% {100 * share['project']:7.1f}%   {diff:.1e}", flush=True)
+
+
+def ingredients(pairs, steps: int, rounds: int):
+    """TNet at batch 32: the reference, the previous loop, and each ingredient added."""
+    bs, n = 32, steps * 32
+    a, b = pairs.train_a[:n], pairs.train_b[:n]
+    spec = TrainSpec("tnet", lr=LR, batch_size=bs, seeds=(0,))
+    ref = ReferenceLoop("tnet", {}, 0, a, b, bs)
+    previous = previous_loop(ReplicaTrainer(spec, fused=False))
+    layout = previous_loop(ReplicaTrainer(spec, fused=False))
+    layout.channels_last = True
+    layout.models = [m.to(memory_format=torch.channels_last) for m in layout.models]
+    ours = ReplicaTrainer(spec, fused=False)
+    bf16 = ReplicaTrainer(TrainSpec("tnet", lr=LR, batch_size=bs, seeds=(0,), amp=True), fused=False)
+    variants = {
+        "reference loop (float data, /255 per batch, NCHW, Adam)": ref.train_epoch,
+        "previous project loop (uint8 data, NCHW, Adam)": lambda: previous.train_epoch(a, b),
+        "  + channels-last": lambda: layout.train_epoch(a, b),
+        "  + fused Adam = the project's loop": lambda: ours.train_epoch(a, b),
+        "  + bfloat16 autocast (TrainSpec.amp; not default)": lambda: bf16.train_epoch(a, b),
+    }
+    compiled = compiled_variant(a, b, bs)
+    if compiled is not None:
+        variants["  torch.compile of the model instead (not adopted)"] = compiled[0]
+    times = side_by_side(variants, rounds)
+    base = med(times["reference loop (float data, /255 per batch, NCHW, Adam)"])
+    print(f"\nTNet, batch 32, {steps} steps per run, {rounds} rounds ({load_line()})")
+    print(f"{'variant':58s} {'images/s':>9s} {'vs ref':>7s}")
+    for name, ts in times.items():
+        print(f"{name:58s} {n / med(ts):9.0f} {base / med(ts):6.2f}x")
+    if compiled is not None:
+        print(f"torch.compile: first call (compilation) took {compiled[1]:.1f} s on this machine")
+
+
+def compiled_variant(a, b, bs):
+    """torch.compile(model) in the project's loop (channels-last, fused Adam); None if it fails."""
+    try:
+        trainer = ReplicaTrainer(TrainSpec("tnet", lr=LR, batch_size=bs, seeds=(0,)), fused=False)
+        eager = trainer.models[0]
+        trainer.models = [torch.compile(eager)]
+        t = time.perf_counter()
+        trainer.train_epoch(a[:bs], b[:bs])
+        return (lambda: trainer.train_epoch(a, b)), time.perf_counter() - t
+    except Exception as e:  # noqa: BLE001 - no compiler on this machine, for instance
+        print(f"torch.compile unavailable: {type(e).__name__}: {e}")
+        return None
+
+
+def fused_vs_sequential(pairs, k: int, steps: int, rounds: int):
+    bs, n = 32, steps * 32
+    a, b = pairs.train_a[:n], pairs.train_b[:n]
+    spec = TrainSpec("tnet", lr=LR, batch_size=bs, seeds=tuple(range(k)))
+    sequential = ReplicaTrainer(spec, fused=False)
+    fused = ReplicaTrainer(spec, fused=True)
+    previous = previous_loop(ReplicaTrainer(spec, fused=False))
+    vmapped = VmapReplicas(spec)
+    same = (fused.train_epoch(a, b) - sequential.train_epoch(a, b)).abs().max().item()
+    times = side_by_side({
+        f"{k} sequential replicas, the project's loop": lambda: sequential.train_epoch(a, b),
+        f"{k} fused replicas (grouped convolutions, channels-last)": lambda: fused.train_epoch(a, b),
+        f"{k} sequential replicas, previous loop": lambda: previous.train_epoch(a, b),
+        f"{k} fused replicas, previous vmap implementation": lambda: vmapped.train_epoch(a, b),
+    }, rounds)
+    base = med(times[f"{k} sequential replicas, the project's loop"])
+    print(f"\nTNet x {k} seeds, batch 32, {steps} steps per run, {rounds} rounds ({load_line()})")
+    print(f"{'variant':58s} {'ms/step':>8s} {'speed vs sequential':>20s}")
+    for name, ts in times.items():
+        print(f"{name:58s} {1e3 * med(ts) / steps:8.1f} {base / med(ts):19.2f}x")
+    print(f"largest difference of fused and sequential epoch losses: {same:.1e}")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--models", default="tnet,basenet,unet")
+    ap.add_argument("--batch-sizes", default="16,32,64")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--seeds", type=int, default=5, help="replicas in the fused comparison")
+    ap.add_argument("--quick", action="store_true", help="fewer steps (a smoke run)")
+    ap.add_argument("--sections", default="peak,loops,ingredients,fused")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    sections = set(args.sections.split(","))
+    scale = 0.25 if args.quick else 1.0
+    pairs = load_pairs("synthetic", "pixelate", train_size=4096, val_size=16, seed=0)
+    print(f"torch {torch.__version__}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, "
+          f"no GPU used; {load_line()}")
+    peak = matmul_peak()
+    print(f"matrix-multiply peak (2048 x 2048 torch.mm, {args.threads} threads): {peak:.0f} GFLOP/s")
+    if "loops" in sections:
+        print(f"\n{'model':8s} {'batch':>5s} {'ref img/s':>11s} {'ours img/s':>11s} {'speed-up':>9s} "
+              f"{'MFLOP/img':>11s} {'ref peak':>8s} {'our peak':>8s}   max rel. loss diff")
+        for model in args.models.split(","):
+            steps = max(4, int({"unet": 12}.get(model, 48) * scale))
+            for bs in (int(x) for x in args.batch_sizes.split(",")):
+                loop_vs_reference(pairs, model, bs, max(2, steps * 32 // bs), args.rounds, peak)
+        print(f"({load_line()})")
+    if "ingredients" in sections:
+        ingredients(pairs, max(8, int(48 * scale)), args.rounds)
+    if "fused" in sections:
+        fused_vs_sequential(pairs, args.seeds, max(4, int(24 * scale)), args.rounds)
+
+
+if __name__ == "__main__":
+    main()
