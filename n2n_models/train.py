@@ -245,7 +245,8 @@ class ReplicaTrainer:
         """One pass over the pairs (input a, target b); returns each replica's mean training loss.
         `step_losses`, when given, receives every step's per-replica losses, shape (K,)."""
         n, bs, epochs = len(train_a), self.spec.batch_size, max(self.spec.epochs, 1)
-        steps = math.ceil(n / bs)
+        # a last batch of one image is left out: batch norm cannot train on it (UNet's 1x1 bottleneck)
+        steps = max(1, n // bs if n % bs == 1 else math.ceil(n / bs))
         orders = torch.stack([data_order(s, self.epoch, n, self.device) for s in self.spec.seeds])
         self._set_mode(True)
         total = torch.zeros(self.k, device=self.device)
@@ -261,7 +262,7 @@ class ReplicaTrainer:
             if step_losses is not None:
                 step_losses.append(losses)
         self.epoch += 1
-        return (total / n).cpu()
+        return (total / min(n, steps * bs)).cpu()
 
     def _step(self, i: int, a: torch.Tensor, b: torch.Tensor, progress: float) -> torch.Tensor:
         """One Adam step of replica i on uint8 batches (B, C, H, W); its loss, detached."""

@@ -69,3 +69,10 @@ def test_checkpoint_restores_training_exactly(synthetic, fused):
     for _ in range(2):
         got = resumed.train_epoch(synthetic.train_a, synthetic.train_b)
     assert torch.allclose(got, expected, atol=1e-6)
+
+
+def test_unet_with_batch_norm_trains_when_the_last_batch_would_hold_one_image():
+    pairs = load_pairs("synthetic", "pixelate", train_size=33, val_size=4, seed=0)
+    trainer = ReplicaTrainer(TrainSpec("unet", hparams={"batchnorm": True}, batch_size=32, epochs=1, seeds=(0,)))
+    loss = trainer.train_epoch(pairs.train_a, pairs.train_b)
+    assert torch.isfinite(loss).all()
