@@ -17,7 +17,9 @@ figures are medians over rounds and ratios of medians. Printed:
   3. TNet at batch 32: what each ingredient brings (layout, Adam kernel) and what was measured
      but not adopted (torch.compile, bfloat16 autocast);
   4. K fused seed replicas against K sequential ones, and against the previous fused
-     implementation (torch.func vmap over stacked weights).
+     implementation (torch.func vmap over stacked weights);
+  5. mixed precision (TrainSpec.amp: bfloat16 autocast on CPU): its effect on validation PSNR
+     after a short training on the built-in photos, against float32, same seeds.
 """
 from __future__ import annotations
 
@@ -205,18 +207,46 @@ def ingredients(pairs, steps: int, rounds: int):
     for name, ts in times.items():
         print(f"{name:58s} {n / med(ts):9.0f} {base / med(ts):6.2f}x")
     if compiled is not None:
-        print(f"torch.compile: first call (compilation) took {compiled[1]:.1f} s on this machine")
+        print(f"torch.compile: the first step takes {compiled[1]:.1f} s with an empty compiler cache, "
+              f"{compiled[2]:.1f} s in a later process with the cache filled")
+
+
+COMPILE_PROBE = """
+import sys, time, torch
+sys.path.insert(0, {root!r})
+from n2n_models.train import ReplicaTrainer, TrainSpec
+torch.set_num_threads({threads})
+trainer = ReplicaTrainer(TrainSpec("tnet", batch_size={bs}, seeds=(0,)), fused=False)
+trainer.models = [torch.compile(trainer.models[0])]
+x = torch.randint(0, 256, ({bs}, 3, 32, 32), dtype=torch.uint8)
+t = time.perf_counter()
+trainer.train_epoch(x, x)
+print(time.perf_counter() - t)
+"""
 
 
 def compiled_variant(a, b, bs):
-    """torch.compile(model) in the project's loop (channels-last, fused Adam); None if it fails."""
+    """torch.compile(model) in the project's loop (channels-last, fused Adam): (run, seconds of the
+    first step in a fresh process with an empty compiler cache, the same in this process once
+    that cache is filled, as a later trial would see it); None if it fails."""
+    import atexit
+    import shutil
+    import subprocess
+    import tempfile
+
+    cache = tempfile.mkdtemp(prefix="n2n-inductor-")
+    atexit.register(shutil.rmtree, cache, ignore_errors=True)
+    probe = COMPILE_PROBE.format(root=str(Path(__file__).resolve().parents[1]), threads=torch.get_num_threads(), bs=bs)
     try:
+        cold = float(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                                    env={**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache}).stdout.split()[-1])
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
         trainer = ReplicaTrainer(TrainSpec("tnet", lr=LR, batch_size=bs, seeds=(0,)), fused=False)
-        eager = trainer.models[0]
-        trainer.models = [torch.compile(eager)]
+        trainer.models = [torch.compile(trainer.models[0])]
         t = time.perf_counter()
         trainer.train_epoch(a[:bs], b[:bs])
-        return (lambda: trainer.train_epoch(a, b)), time.perf_counter() - t
+        warm = time.perf_counter() - t
+        return (lambda: trainer.train_epoch(a, b)), cold, warm
     except Exception as e:  # noqa: BLE001 - no compiler on this machine, for instance
         print(f"torch.compile unavailable: {type(e).__name__}: {e}")
         return None
@@ -245,6 +275,28 @@ def fused_vs_sequential(pairs, k: int, steps: int, rounds: int):
     print(f"largest difference of fused and sequential epoch losses: {same:.1e}")
 
 
+def amp_effect(epochs: int, seeds: int):
+    """Validation PSNR after `epochs` epochs of TNet on photos + pixelate, float32 vs bfloat16."""
+    photos = load_pairs("photos", "pixelate", train_size=4000, val_size=500, seed=0)
+    out = {}
+    for amp in (False, True):
+        trainer = ReplicaTrainer(TrainSpec("tnet", lr=1e-3, batch_size=32, epochs=epochs, seeds=range(seeds),
+                                           amp=amp), fused=False)
+        t = time.perf_counter()
+        for _ in range(epochs):
+            trainer.train_epoch(photos.train_a, photos.train_b)
+        out[amp] = (trainer.evaluate(photos.val_noisy, photos.val_clean), time.perf_counter() - t)
+    (full, t_full), (half, t_half) = out[False], out[True]
+    print(f"\nMixed precision: TNet, photos + pixelate, 4000 pairs, {epochs} epochs, lr 1e-3, seeds 0-{seeds - 1} "
+          f"({load_line()})")
+    print(f"float32:  PSNR {full.mean():.3f} dB (per seed {', '.join(f'{v:.3f}' for v in full)}), "
+          f"training {t_full:.0f} s")
+    print(f"bfloat16: PSNR {half.mean():.3f} dB (per seed {', '.join(f'{v:.3f}' for v in half)}), "
+          f"training {t_half:.0f} s")
+    print(f"difference (bfloat16 - float32): {(half - full).mean():+.3f} dB mean, "
+          f"{(half - full).abs().max():.3f} dB largest; time ratio {t_full / t_half:.2f}x")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
@@ -253,7 +305,9 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seeds", type=int, default=5, help="replicas in the fused comparison")
     ap.add_argument("--quick", action="store_true", help="fewer steps (a smoke run)")
-    ap.add_argument("--sections", default="peak,loops,ingredients,fused")
+    ap.add_argument("--sections", default="loops,ingredients,fused,amp",
+                    help="any of loops, ingredients, fused, amp (the peak is always measured)")
+    ap.add_argument("--amp-epochs", type=int, default=5)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     sections = set(args.sections.split(","))
@@ -275,6 +329,8 @@ def main(argv=None):
         ingredients(pairs, max(8, int(48 * scale)), args.rounds)
     if "fused" in sections:
         fused_vs_sequential(pairs, args.seeds, max(4, int(24 * scale)), args.rounds)
+    if "amp" in sections:
+        amp_effect(max(1, int(args.amp_epochs * scale)), 3)
 
 
 if __name__ == "__main__":

@@ -326,8 +326,8 @@ class ReplicaTrainer:
     def replica_state_dicts(self) -> list[dict]:
         """Each replica's weights as a plain `build_model(...)` state dict (contiguous CPU tensors)."""
         if not self.fused:
-            return [{k: v.detach().cpu().clone(memory_format=torch.contiguous_format) for k, v in m.state_dict().items()}
-                    for m in self.models]
+            return [{k: v.detach().cpu().clone(memory_format=torch.contiguous_format)
+                     for k, v in m.state_dict().items()} for m in self.models]
         states = [{} for _ in range(self.k)]
         for source in (self.params, self.buffers):
             for name, stacked in source.items():

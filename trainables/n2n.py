@@ -27,7 +27,7 @@ from n2n_models.train import ReplicaTrainer, TrainSpec
 # What a trial trains when its config leaves a key out.
 TRIAL_DEFAULTS = {
     "model": "tnet", "lr": 5e-4, "batch_size": 32, "loss": "l2", "epochs": 10, "seeds": 1, "seed": 0,
-    "width": None, "batchnorm": False, "dropout": 0.0, "latent": 8, "grid_images": 8,
+    "width": None, "batchnorm": False, "dropout": 0.0, "latent": 8, "grid_images": 8, "amp": False,
 }
 MODEL_HPARAMS = {"tnet": ("width", "batchnorm", "dropout"), "unet": ("width", "batchnorm", "dropout"),
                  "basenet": ("latent",)}
@@ -43,7 +43,8 @@ def spec_from_config(config: dict) -> TrainSpec:
             hparams[key] = cast(hparams[key])
     first = int(c["seed"])
     return TrainSpec(model=c["model"], hparams=hparams, lr=float(c["lr"]), batch_size=int(c["batch_size"]),
-                     epochs=int(c["epochs"]), loss=c["loss"], seeds=tuple(range(first, first + int(c["seeds"]))))
+                     epochs=int(c["epochs"]), loss=c["loss"], seeds=tuple(range(first, first + int(c["seeds"]))),
+                     amp=bool(c["amp"]))
 
 
 def trial_device() -> torch.device:
@@ -109,7 +110,8 @@ def train_n2n(config: dict, data: dict | None = None):
     trainer = ReplicaTrainer(spec, device=device, fused=config.get("fused"))
     extra, resumed = load_checkpoint(trainer, tune.get_checkpoint())
     best, best_epoch = extra.get("best_val_psnr", -math.inf), extra.get("best_epoch", 0)
-    params = count_parameters(build_model(spec.model, **spec.hparams))
+    with torch.random.fork_rng():  # counting must not shift the random stream training draws from
+        params = count_parameters(build_model(spec.model, **spec.hparams))
     noisy_psnr = psnr_uint8(arrays["val_noisy"], arrays["val_clean"])
     grid = ImageGrid(int(config.get("grid_images", TRIAL_DEFAULTS["grid_images"])))
     while trainer.epoch < spec.epochs:
