@@ -53,7 +53,7 @@ class ExperimentData:
 
     @property
     def is_grid(self) -> bool:
-        return self.spec.get("space") in ("lr-grid", "models")
+        return self.spec.get("space") in ("lr-grid", "models", "configs")
 
     def hparam_columns(self) -> list[str]:
         return [k for k in HPARAM_KEYS if k in self.trials.columns]

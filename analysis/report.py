@@ -7,6 +7,7 @@ Exit status: 0 done, 2 bad usage or bad input (one line on stderr), 1 anything e
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -131,6 +132,13 @@ def write_report(exp: ExperimentData, out: Path, samples: int = 32) -> list[Tabl
                f"{best.val_psnr:.2f} dB) is exported as [best_model.pt](best_model.pt): model name, "
                "hyperparameters, weights, data and noise spec, seed, epoch and validation PSNR, loadable with "
                "`torch.load(path, weights_only=True)`.", ""]
+        config = {k: info["config"][k] for k in HPARAM_KEYS if k in info["config"] and k != "label"}
+        config["label"] = f"best of {exp.name}"
+        (out / "best_config.json").write_text(json.dumps(config, indent=1) + "\n")
+        md += [f"Its configuration is in [best_config.json](best_config.json). To train it again with more "
+               "seeds, beside other configurations (one JSON file each):", "", "```",
+               f"python search/run.py --configs {_shown_path(out / 'best_config.json')} --configs OTHER.json "
+               "--seeds 5", "```", ""]
     val = None
     if model is not None:
         val, why = _validation_data(exp)

@@ -159,6 +159,45 @@ def models_table(exp: ExperimentData) -> Table:
     return Table("table2_models", caption, data.reset_index(drop=True), display, _remarks(trials, names))
 
 
+def configs_table(exp: ExperimentData) -> Table:
+    """Exact configurations (search/run.py --configs) side by side: each one's final-epoch PSNR as
+    mean ± std over its seeds, and its paired difference from the first configuration over the
+    seeds both trained (same seed: same initialisation and data order), with whether that
+    difference is larger than the seed spread (the larger of the two configurations' stds)."""
+    order = {label: i for i, label in enumerate(c["label"] for c in exp.spec.get("configs") or [])}
+    trials = exp.trials.assign(_order=exp.trials["label"].map(order)).sort_values(["_order", "label"])
+    trials = trials.drop(columns="_order")
+    keys = [k for k in exp.hparam_columns() if k == "label" or k in exp.varying_hparams()]
+    data = _grid_data(trials, keys)
+    final = exp.seeds[exp.seeds["epoch"] == exp.seeds["trial_id"].map(trials["final_epoch"])]
+    per_seed = final.pivot_table(index="seed", columns="trial_id", values="psnr") if not final.empty else pd.DataFrame()
+    first = trials.index[0]
+    diff_mean, diff_std, n_paired, beyond = [], [], [], []
+    for trial_id in trials.index:
+        if trial_id == first or per_seed.empty or trial_id not in per_seed or first not in per_seed:
+            diff_mean.append(float("nan")), diff_std.append(float("nan")), n_paired.append(0), beyond.append(None)
+            continue
+        d = (per_seed[trial_id] - per_seed[first]).dropna()
+        spread = max(float(trials.loc[trial_id, "final_psnr_std"]), float(trials.loc[first, "final_psnr_std"]))
+        diff_mean.append(float(d.mean())), diff_std.append(float(d.std()) if len(d) > 1 else float("nan"))
+        n_paired.append(len(d)), beyond.append(bool(abs(d.mean()) > spread) if _finite(spread) else None)
+    data["diff_mean"], data["diff_std"], data["paired_seeds"], data["beyond_seed_spread"] = \
+        diff_mean, diff_std, n_paired, beyond
+    display = pd.DataFrame({_HEADS.get(k, k): [fmt_hparam(k, v) for v in data[k]] for k in keys})
+    display["PSNR (dB)"] = _marked([mean_pm_std(m, s, PSNR_DECIMALS) for m, s in zip(data["psnr_mean"], data["psnr_std"])],
+                                   data["status"])
+    first_label = trials.loc[first, "label"]
+    display[f"Δ vs {first_label} (dB)"] = ["—" if not _finite(m) else mean_pm_std(m, sd, PSNR_DECIMALS)
+                                           for m, sd in zip(diff_mean, diff_std)]
+    display["Δ > seed spread"] = ["—" if b is None else _yes_no(b) for b in beyond]
+    caption = (f"Configurations side by side: validation PSNR after the last epoch, average ± standard deviation "
+               f"over {_seed_text(data)}; Δ is the paired difference from {first_label} over the same seeds "
+               f"(mean ± std of the per-seed differences), and whether its size exceeds the seed spread "
+               f"(the larger std of the two).")
+    names = {t: f"{label} (trial {t})" for t, label in zip(trials.index, trials["label"])}
+    return Table("configs", caption, data.reset_index(drop=True), display, _remarks(trials, names))
+
+
 def fmt_hparam(key: str, value) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
@@ -230,4 +269,6 @@ def main_tables(exp: ExperimentData) -> list[Table]:
         return [lr_table(exp)]
     if space == "models":
         return [models_table(exp)]
+    if space == "configs":
+        return [configs_table(exp)]
     return [search_table(exp)]

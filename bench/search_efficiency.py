@@ -12,9 +12,11 @@ seed each, and its results are read back from its experiment folder. Printed per
 epochs trained (and their share of the grid's), wall time, the best validation PSNR over all
 trials and epochs, its configuration, and what the grid measured for that configuration.
 
-The last lines run TPE + ASHA again with other ASHA settings than search/tuning.py's (first rung
-at epochs/4, reduction factor 2), by replacing `search.tuning.make_scheduler` for that run: they
-show what such a setting of search/tuning.py would give.
+TPE + ASHA runs as search/ sets it up: a configuration proposed again is not retrained (its earlier
+result is reused, search/searchers.py), ASHA's first rung at epochs/8 with reduction factor 2
+(search/tuning.py). The last lines run it with other settings, by replacing
+`search.tuning.make_scheduler` / `make_searcher` for that run only: the settings before this
+benchmark (repeats retrained, first rung at epochs/4), and a more aggressive ASHA.
 """
 from __future__ import annotations
 
@@ -72,6 +74,16 @@ def asha(first_rung_divisor: int, reduction_factor: int):
     return make_scheduler
 
 
+def plain_tpe(experiment, slots, log=print):
+    """Optuna TPE that trains every proposal, repeats included (the searcher before RepeatAware)."""
+    import optuna
+
+    from search.searchers import DivergenceAwareOptunaSearch
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return DivergenceAwareOptunaSearch(seed=experiment.search_seed)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--epochs", type=int, default=16)
@@ -96,30 +108,32 @@ def main(argv=None):
     search.tuning.connect(None)  # one Ray for all runs: its start-up is in no run's wall time
     common = ["--epochs", str(args.epochs), "--train-size", str(args.train_size), "--val-size", str(args.val_size),
               "--data", args.data, "--seeds", "1", "--search-seed", str(args.search_seed), "--storage", storage]
-    runs = [
-        ("full grid", ["--space", "bench-grid", "--searcher", "grid", "--scheduler", "fifo"], None),
-        ("random search", ["--space", "bench-choice", "--searcher", "random", "--scheduler", "fifo"], None),
-        ("TPE + ASHA", ["--space", "bench-choice", "--searcher", "optuna", "--scheduler", "asha"], None),
-        ("TPE + ASHA, rungs from epochs/8, rf 2", ["--space", "bench-choice", "--searcher", "optuna",
-                                                   "--scheduler", "asha"], asha(8, 2)),
-        ("TPE + ASHA, rungs from epochs/16, rf 4", ["--space", "bench-choice", "--searcher", "optuna",
-                                                    "--scheduler", "asha"], asha(16, 4)),
+    tpe = ["--space", "bench-choice", "--searcher", "optuna", "--scheduler", "asha"]
+    runs = [  # label, flags, replacements of search.tuning's functions for that run
+        ("full grid", ["--space", "bench-grid", "--searcher", "grid", "--scheduler", "fifo"], {}),
+        ("random search", ["--space", "bench-choice", "--searcher", "random", "--scheduler", "fifo"], {}),
+        ("TPE + ASHA (the project's)", tpe, {}),
+        ("  before: repeats retrained, rungs epochs/4", tpe,
+         {"make_scheduler": asha(4, 2), "make_searcher": plain_tpe}),
+        ("  rungs from epochs/16, rf 4", tpe, {"make_scheduler": asha(16, 4)}),
     ]
     print(f"problem: TNet, {len(VALUES)} knobs {VALUES}, {n} configurations, {args.epochs} epochs, "
           f"{args.data} + pixelate, {args.train_size} training pairs, {args.val_size} validation images, "
           f"1 seed; experiments in {storage}", flush=True)
-    meta, original = [], search.tuning.make_scheduler
-    for i, (label, flags, scheduler) in enumerate(runs):
+    meta, original = [], {k: getattr(search.tuning, k) for k in ("make_scheduler", "make_searcher")}
+    for i, (label, flags, replacements) in enumerate(runs):
         name = f"run{i}"
         cli = flags + ["--num-samples", str(n), "--name", name] + common
-        search.tuning.make_scheduler = scheduler or original
+        for k, f in replacements.items():
+            setattr(search.tuning, k, f)
         load = os.getloadavg()[0]
         start = time.perf_counter()
         with open(Path(storage) / f"{name}.log", "w") as f, contextlib.redirect_stdout(f), \
                 contextlib.redirect_stderr(f):
             status = search_main(cli)
         wall = time.perf_counter() - start
-        search.tuning.make_scheduler = original
+        for k, f in original.items():
+            setattr(search.tuning, k, f)
         if status != 0:
             sys.exit(f"{label} failed (exit {status}); see {storage}/{name}.log")
         meta.append({"search": label, "name": name, "wall_s": wall, "load": load})

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import math
 import os
 import sys
 
 from .budgets import BUDGETS
 from .experiment import Experiment, is_uri
-from .spaces import SPACES
+from .spaces import SPACES, ConfigError, check_config, configs_space
 
 SEARCHERS = ("optuna", "random", "grid")
 SCHEDULERS = ("asha", "fifo")
@@ -54,8 +55,12 @@ def _non_negative_float(text: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="search/run.py", description="Hyperparameter search for Noise2Noise denoisers "
                 "(TNet, UNet, BaseNet) with Ray Tune, Optuna (TPE) and ASHA.")
-    p.add_argument("--space", default="tnet", help="search space: " + ", ".join(
+    p.add_argument("--space", help="search space (default tnet): " + ", ".join(
         f"{k} ({v.description})" for k, v in SPACES.items()))
+    p.add_argument("--configs", action="append", metavar="FILE",
+                   help="train exactly the configurations in this JSON file (an object or a list of objects "
+                        "with keys label, model, lr, loss, batchnorm, dropout, width, latent, batch_size), each "
+                        "with --seeds replicas; repeat the flag for more files. Replaces --space")
     p.add_argument("--searcher", help="optuna (TPE, default for searches), random, grid (default for grid spaces)")
     p.add_argument("--scheduler", help="asha (default for searches) or fifo (default for grid spaces)")
     p.add_argument("--budget", default="quick", help="; ".join(f"{k}: {v.description}" for k, v in BUDGETS.items()))
@@ -85,11 +90,16 @@ def build_parser() -> argparse.ArgumentParser:
 def parse(argv: list[str] | None = None) -> tuple[Experiment, argparse.Namespace]:
     """Flags -> Experiment; raises UsageError for anything a user must fix."""
     args = build_parser().parse_args(argv)
+    if args.configs and args.space:
+        raise UsageError("--configs replaces --space; give one or the other")
+    args.space = args.space or "tnet"
     if args.space not in SPACES:
         raise UsageError(f"unknown space {args.space!r}; choose one of {', '.join(SPACES)}")
     if args.budget not in BUDGETS:
         raise UsageError(f"unknown budget {args.budget!r}; choose one of {', '.join(BUDGETS)}")
-    space, budget = SPACES[args.space], BUDGETS[args.budget]
+    budget = BUDGETS[args.budget]
+    configs = _read_configs(args.configs) if args.configs else None
+    space = configs_space(configs) if configs else SPACES[args.space]
     searcher = args.searcher or ("grid" if space.is_grid else "optuna")
     scheduler = args.scheduler or ("fifo" if space.is_grid else "asha")
     if searcher not in SEARCHERS:
@@ -122,9 +132,40 @@ def parse(argv: list[str] | None = None) -> tuple[Experiment, argparse.Namespace
         train_size=args.train_size or budget.train_size, val_size=args.val_size or budget.val_size,
         data=data, noise=args.noise, data_seed=args.data_seed, search_seed=args.search_seed,
         cpus_per_trial=args.cpus_per_trial, gpus_per_trial=gpus, max_concurrent=args.max_concurrent,
-        storage=storage, name=name, fused={"auto": None, "on": True, "off": False}[args.fused],
+        storage=storage, name=name, fused={"auto": None, "on": True, "off": False}[args.fused], configs=configs,
     )
     return experiment, args
+
+
+def _read_configs(paths: list[str]) -> list[dict]:
+    """Every entry of the --configs files, checked and completed; a missing label becomes the
+    file's name (with the entry's number when the file has several)."""
+    configs = []
+    for path in paths:
+        try:
+            with open(path) as f:
+                content = json.load(f)
+        except OSError as e:
+            raise UsageError(f"--configs {path}: {e.strerror or e}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise UsageError(f"--configs {path}: not JSON ({e})") from None
+        entries = content if isinstance(content, list) else [content]
+        if not entries:
+            raise UsageError(f"--configs {path}: no configuration in the file")
+        stem = os.path.splitext(os.path.basename(path))[0]
+        for i, entry in enumerate(entries):
+            where = f"--configs {path}" + (f" entry {i + 1}" if len(entries) > 1 else "")
+            try:
+                config = check_config(entry, where)
+            except ConfigError as e:
+                raise UsageError(str(e)) from None
+            config["label"] = config["label"] or (stem if len(entries) == 1 else f"{stem}-{i + 1}")
+            configs.append(config)
+    labels = [c["label"] for c in configs]
+    duplicates = sorted({x for x in labels if labels.count(x) > 1})
+    if duplicates:
+        raise UsageError(f"--configs: label(s) {', '.join(duplicates)} used twice; give each entry its own label")
+    return configs
 
 
 def _check_data(data: str, noise: str):

@@ -31,6 +31,7 @@ class Experiment:
     storage: str
     name: str
     fused: bool | None = None
+    configs: list | None = None  # --configs: the exact configurations, each complete
 
     @property
     def path(self) -> str:

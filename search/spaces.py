@@ -73,3 +73,62 @@ SPACES = {
         seeds=5,
     ),
 }
+
+
+# -- exact configurations from files (--configs) ----------------------------------------------------
+#: What a --configs entry may set, and the value a trial takes where an entry leaves a key out
+#: (the trainable's own defaults; width None: the model's default width).
+CONFIG_KEYS = {"label": None, "model": "tnet", "lr": 5e-4, "loss": "l2", "batchnorm": False, "dropout": 0.0,
+               "width": None, "latent": 8, "batch_size": 32}
+MODELS = ("tnet", "unet", "basenet")
+
+
+class ConfigError(ValueError):
+    """A --configs entry that cannot be trained."""
+
+
+def check_config(entry, where: str) -> dict:
+    """One --configs entry -> a complete trial configuration; ConfigError says what is wrong."""
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where}: expected a JSON object of hyperparameters, got {type(entry).__name__}")
+    unknown = sorted(set(entry) - set(CONFIG_KEYS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(CONFIG_KEYS)}")
+    c = {**CONFIG_KEYS, **entry}
+
+    def number(key, kind, ok, text):
+        v = c[key]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and v != int(v)) or not ok(v):
+            raise ConfigError(f"{where}: {key} must be {text}, got {v!r}")
+        c[key] = kind(v)
+
+    if c["model"] not in MODELS:
+        raise ConfigError(f"{where}: model must be one of {', '.join(MODELS)}, got {c['model']!r}")
+    if c["loss"] not in LOSSES:
+        raise ConfigError(f"{where}: loss must be one of {', '.join(LOSSES)}, got {c['loss']!r}")
+    if not isinstance(c["batchnorm"], bool):
+        raise ConfigError(f"{where}: batchnorm must be true or false, got {c['batchnorm']!r}")
+    number("lr", float, lambda v: 0 < v < 10, "a number in (0, 10)")
+    number("dropout", float, lambda v: 0 <= v < 1, "a number in [0, 1)")
+    number("latent", int, lambda v: v >= 1, "a positive integer")
+    number("batch_size", int, lambda v: v >= 2, "an integer >= 2")
+    if c["width"] is not None:
+        number("width", int, lambda v: v >= 1, "a positive integer (or null: the model's default)")
+    if c["label"] is not None and not isinstance(c["label"], str):
+        raise ConfigError(f"{where}: label must be a string, got {c['label']!r}")
+    return c
+
+
+def configs_space(configs: list[dict]) -> Space:
+    """A grid of exactly these (complete, checked) configurations."""
+    keys = list(CONFIG_KEYS)
+    params = {k: tune.choice(list({repr(c[k]): c[k] for c in configs}.values())) for k in keys}
+    return Space("configs", "the configurations of --configs files", params,
+                 cells=tuple({k: c[k] for k in keys} for c in configs))
+
+
+def space_of(experiment) -> Space:
+    """The Space an experiment runs: a named one, or its --configs."""
+    if getattr(experiment, "configs", None):
+        return configs_space(experiment.configs)
+    return SPACES[experiment.space]

@@ -43,6 +43,10 @@ def print_summary(experiment, results, seconds: float, top: int = 10, interrupte
     counts = df["status"].value_counts().to_dict() if not df.empty else {}
     print(f"\nSearch {experiment.name} {'interrupted after' if interrupted else 'done in'} {seconds / 60:.1f} min: {len(df)} trials "
           f"({', '.join(f'{v} {k}' for k, v in counts.items())})", file=out)
+    repeats = experiment.num_samples - len(df)
+    if experiment.searcher == "optuna" and repeats > 0 and not interrupted:
+        print(f"{experiment.num_samples} proposals: {repeats} repeated a configuration already tried and "
+              f"reused its result instead of training it again", file=out)
     # errored and diverged trials are listed by the report, never taken as a best result
     ok = df[~df["status"].isin(["errored", "diverged"])].dropna(subset=["val_psnr"]) if not df.empty else df
     for status in ("errored", "diverged"):

@@ -40,6 +40,23 @@ def _private_data_cache(tmp_path_factory):
     os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
 
 
+@pytest.fixture
+def space():
+    """Register a search space for one test (the real CLI path reads SPACES by name)."""
+    from search.spaces import SPACES, Space
+
+    added = []
+
+    def register(name, params, cells=()):
+        SPACES[name] = Space(name, "test space", {"model": "tnet", "batch_size": 32, **params}, cells=tuple(cells))
+        added.append(name)
+        return name
+
+    yield register
+    for name in added:
+        SPACES.pop(name, None)
+
+
 def run_cli(*args, timeout=300, env=None):
     """Run `python search/run.py ARGS` as a user would; returns the CompletedProcess."""
     return subprocess.run([sys.executable, str(REPO / "search" / "run.py"), *args], capture_output=True,

@@ -8,24 +8,8 @@ import pytest
 from ray import tune
 
 from search.cli import main
-from search.spaces import SPACES, Space
 
 SMALL = ["--data", "synthetic", "--train-size", "128", "--val-size", "32", "--seeds", "1"]
-
-
-@pytest.fixture
-def space():
-    """Register a space for one test (the real CLI path reads SPACES by name)."""
-    added = []
-
-    def register(name, params, cells=()):
-        SPACES[name] = Space(name, "test space", {"model": "tnet", "batch_size": 32, **params}, cells=tuple(cells))
-        added.append(name)
-        return name
-
-    yield register
-    for name in added:
-        SPACES.pop(name, None)
 
 
 def histories(experiment):

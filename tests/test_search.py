@@ -89,3 +89,51 @@ def test_tensorboard_files_hold_scalars_hparams_and_the_image_grid(local_ray, tm
         assert hparams is not None, "HParams were written"
         for key in ("lr", "loss", "batchnorm", "dropout", "width", "batch_size"):
             assert key in hparams, f"searched parameter {key} missing from HParams: {sorted(hparams)}"
+
+
+def test_configs_files_train_exactly_their_configurations_and_the_report_pairs_seeds(local_ray, tmp_path):
+    """--configs: the report's TNet setting beside another, 3 seeds each; the report's table gives
+    each one's mean ± std and the paired per-seed difference; best_config.json feeds --configs."""
+    from analysis.report import main as report
+
+    (tmp_path / "report-tnet.json").write_text(
+        '{"label": "report TNet", "model": "tnet", "lr": 5e-4, "loss": "l2", "batchnorm": false, "width": 32}')
+    (tmp_path / "others.json").write_text('[{"lr": 3e-3, "width": 16}, {"model": "basenet", "latent": 16}]')
+    rc = main(["--configs", str(tmp_path / "report-tnet.json"), "--configs", str(tmp_path / "others.json"),
+               *SMALL, "--seeds", "3", "--storage", str(tmp_path), "--name", "cmp"])
+    assert rc == 0
+    configs = {c["label"]: c for c in trial_configs(tmp_path / "cmp").values()}
+    assert set(configs) == {"report TNet", "others-1", "others-2"}
+    assert configs["report TNet"]["lr"] == 5e-4 and configs["report TNet"]["width"] == 32
+    assert configs["others-1"]["lr"] == 3e-3 and configs["others-1"]["model"] == "tnet"
+    assert configs["others-1"]["batchnorm"] is False, "keys an entry leaves out take the trainable's defaults"
+    assert configs["others-2"]["model"] == "basenet" and configs["others-2"]["latent"] == 16
+    assert all(c["seeds"] == 3 for c in configs.values())
+
+    assert report([str(tmp_path / "cmp"), "--out", str(tmp_path / "rep"), "--samples", "2"]) == 0
+    table = pd.read_csv(tmp_path / "rep" / "configs.csv").set_index("label")
+    assert table.index.tolist()[0] == "report TNet", "the first file's configuration is the reference row"
+    per_seed = {}
+    for name, history in trial_histories(tmp_path / "cmp").items():
+        last = history.iloc[-1]
+        per_seed[configs_label(tmp_path / "cmp", name)] = last[[f"seed_psnr/{s}" for s in range(3)]].astype(float).values
+    for label in ("others-1", "others-2"):
+        diff = per_seed[label] - per_seed["report TNet"]
+        assert table.loc[label, "diff_mean"] == pytest.approx(diff.mean(), abs=1e-6)
+        assert table.loc[label, "diff_std"] == pytest.approx(diff.std(ddof=1), abs=1e-6)
+        spread = max(per_seed[label].std(ddof=1), per_seed["report TNet"].std(ddof=1))
+        assert bool(table.loc[label, "beyond_seed_spread"]) == (abs(diff.mean()) > spread)
+
+    best = json.loads((tmp_path / "rep" / "best_config.json").read_text())
+    winner = max(per_seed, key=lambda k: per_seed[k].mean())
+    assert {k: best[k] for k in ("model", "lr", "width")} == {k: configs[winner][k] for k in ("model", "lr", "width")}
+    rc = main(["--configs", str(tmp_path / "rep" / "best_config.json"), *SMALL, "--seeds", "3",
+               "--storage", str(tmp_path), "--name", "again"])
+    assert rc == 0
+    (again,) = trial_histories(tmp_path / "again").values()
+    retrained = again.iloc[-1][[f"seed_psnr/{s}" for s in range(3)]].astype(float).values
+    assert retrained == pytest.approx(per_seed[winner], abs=1e-3), "same configuration, same seeds, same numbers"
+
+
+def configs_label(experiment: Path, trial_dir: str) -> str:
+    return json.loads((experiment / trial_dir / "params.json").read_text())["label"]

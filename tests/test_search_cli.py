@@ -37,6 +37,42 @@ BAD_USAGE = {
     "optuna on a fixed grid": (["--space", "lr-grid", "--searcher", "optuna"], "--searcher grid"),
 }
 
+# --configs FILE: what the file holds -> expected words of the error
+BAD_CONFIGS = {
+    "not json": ("lr = 1e-3", "not JSON"),
+    "empty list": ("[]", "no configuration"),
+    "not an object": ("[1e-3]", "expected a JSON object"),
+    "unknown key": ('{"learning_rate": 1e-3}', "unknown key(s) learning_rate"),
+    "unknown model": ('{"model": "resnet"}', "model must be one of"),
+    "unknown loss": ('{"loss": "l3"}', "loss must be one of"),
+    "lr a string": ('{"lr": "fast"}', "lr must be"),
+    "negative lr": ('{"lr": -1}', "lr must be"),
+    "dropout of one": ('{"dropout": 1.0}', "dropout must be"),
+    "fractional width": ('{"width": 2.5}', "width must be"),
+    "batch norm as text": ('{"batchnorm": "yes"}', "batchnorm must be"),
+    "batch of one": ('{"batch_size": 1}', "batch_size must be"),
+    "label twice": ('[{"label": "a"}, {"label": "a", "lr": 1e-3}]', "used twice"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CONFIGS))
+def test_every_bad_configs_file_exits_2_with_one_line(case, tmp_path, capsys):
+    text, expected = BAD_CONFIGS[case]
+    (tmp_path / "c.json").write_text(text)
+    assert main(["--configs", str(tmp_path / "c.json"), "--budget", "smoke", "--storage", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0], err
+    assert expected in err[0] and "c.json" in err[0] or case == "label twice" and expected in err[0], err
+    assert not (tmp_path / "runs").exists(), "bad usage writes nothing"
+
+
+def test_configs_with_space_or_missing_file_exit_2(tmp_path, capsys):
+    (tmp_path / "c.json").write_text('{"lr": 1e-3}')
+    assert main(["--configs", str(tmp_path / "c.json"), "--space", "tnet"]) == 2
+    assert "--configs replaces --space" in capsys.readouterr().err
+    assert main(["--configs", str(tmp_path / "missing.json")]) == 2
+    assert "missing.json" in capsys.readouterr().err
+
 
 @pytest.mark.parametrize("case", sorted(BAD_USAGE))
 def test_every_bad_flag_exits_2_with_one_line(case, tmp_path, capsys):
