@@ -21,6 +21,7 @@ from trainables import make_trainable
 from .cli import UsageError
 from .experiment import EXPERIMENT_FILE, Experiment, is_uri
 from .spaces import space_of
+from . import private_network
 from .progress import ProgressLog
 from .searchers import make_searcher
 from .summary import print_summary
@@ -67,6 +68,11 @@ def connect(address: str | None):
     else:
         ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False,
                  logging_level="WARNING")
+        if private_network.active():
+            log("local Ray in a private network namespace: its ports are reachable over loopback only")
+        else:
+            log("note: this local Ray listens on all network interfaces (Ray 2.60 binds 0.0.0.0), guarded by "
+                "its token; run search/run.py on Linux with user namespaces to keep it on loopback")
 
 
 def check_reachable(address: str, timeout: float = 10.0):
