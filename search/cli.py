@@ -126,7 +126,7 @@ def parse(argv: list[str] | None = None) -> tuple[Experiment, argparse.Namespace
         kind, _, folder = data.partition(":")
         data = f"{kind}:{os.path.abspath(os.path.expanduser(folder))}"
     experiment = Experiment(
-        space=space.name, searcher=searcher, scheduler=scheduler, budget=args.budget,
+        space=space.name, searcher=searcher, scheduler=scheduler, budget=_budget_text(args),
         num_samples=len(space.cells) if space.is_grid else (args.num_samples or budget.num_samples),
         seeds=args.seeds or space.seeds or budget.seeds, epochs=args.epochs or budget.epochs,
         train_size=args.train_size or budget.train_size, val_size=args.val_size or budget.val_size,
@@ -135,6 +135,14 @@ def parse(argv: list[str] | None = None) -> tuple[Experiment, argparse.Namespace
         storage=storage, name=name, fused={"auto": None, "on": True, "off": False}[args.fused], configs=configs,
     )
     return experiment, args
+
+
+def _budget_text(args) -> str:
+    """The budget's name, and which of its numbers the command line replaced (shown in reports)."""
+    flags = {"num_samples": "--num-samples", "seeds": "--seeds", "epochs": "--epochs",
+             "train_size": "--train-size", "val_size": "--val-size"}
+    given = [flag for key, flag in flags.items() if getattr(args, key) is not None]
+    return f"{args.budget} (with {', '.join(given)})" if given else args.budget
 
 
 def _read_configs(paths: list[str]) -> list[dict]:
