@@ -153,7 +153,7 @@ def summarize(storage: str):
     grid_trials = trials[meta[0]["name"]]
     grid = grid_trials.set_index(KEYS)["best_psnr"]
     grid_epochs, grid_best = int(grid_trials["epochs"].sum()), grid.max()
-    print(f"\n{'search':40s} {'trials':>6s} {'distinct':>8s} {'epochs':>7s} {'of grid':>8s} {'no repeats':>10s} "
+    print(f"\n{'search':44s} {'trials':>6s} {'distinct':>8s} {'epochs':>7s} {'of grid':>8s} {'no repeats':>10s} "
           f"{'wall s':>7s} {'best dB':>8s} {'vs grid':>8s}  best configuration (grid's value for it)")
     for m in meta:
         t = trials[m["name"]]
@@ -163,7 +163,7 @@ def summarize(storage: str):
         # search would spend if it trained each distinct configuration once, as far as it got
         distinct = t.groupby(KEYS)["epochs"].max()
         described = ", ".join(f"{k}={best[k]}" for k in KEYS)
-        print(f"{m['search']:40s} {len(t):6d} {len(distinct):8d} {int(t['epochs'].sum()):7d} "
+        print(f"{m['search']:44s} {len(t):6d} {len(distinct):8d} {int(t['epochs'].sum()):7d} "
               f"{100 * t['epochs'].sum() / grid_epochs:7.0f}% {100 * distinct.sum() / grid_epochs:9.0f}% "
               f"{m['wall_s']:7.0f} {best['best_psnr']:8.2f} {best['best_psnr'] - grid_best:+8.2f}  {described} "
               f"({on_grid:.2f})")

@@ -7,10 +7,11 @@ from ray import tune
 
 
 class ProgressLog(tune.Callback):
-    """One line when a trial ends and at most every `every` seconds otherwise."""
+    """One line when a trial ends, at most every `every` seconds on results, and at least every
+    `quiet` seconds while trials run (long epochs report nothing for minutes)."""
 
-    def __init__(self, total: int, log, every: float = 15.0):
-        self.total, self.log, self.every = total, log, every
+    def __init__(self, total: int, log, every: float = 15.0, quiet: float = 60.0):
+        self.total, self.log, self.every, self.quiet = total, log, every, quiet
         self.start = self.last = time.time()
         self.best = None  # (val_psnr, trial_id, epoch)
         self.done = 0
@@ -20,6 +21,10 @@ class ProgressLog(tune.Callback):
         if value is not None and value == value and (self.best is None or value > self.best[0]):
             self.best = (value, trial.trial_id, result.get("training_iteration"))
         if time.time() - self.last >= self.every:
+            self._line(trials)
+
+    def on_step_begin(self, iteration, trials, **info):
+        if time.time() - self.last >= self.quiet and any(t.status == "RUNNING" for t in trials):
             self._line(trials)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
