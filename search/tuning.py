@@ -46,9 +46,9 @@ def trial_name(trial) -> str:
 
 def make_scheduler(experiment: Experiment):
     if experiment.scheduler == "asha":
-        # first rung at an eighth of the epochs, half the trials kept at each rung: on
-        # bench/search_efficiency.py's grid this halves the epochs of a quarter-epochs first rung
-        # and still finds the grid's best (docs/benchmarks.md)
+        # first rung at an eighth of the epochs, the better half kept at each rung; with repeats
+        # not retrained, TPE + ASHA finds bench/search_efficiency.py's grid best on 28-37% of the
+        # grid's epochs (docs/benchmarks.md)
         return ASHAScheduler(time_attr="training_iteration", max_t=experiment.epochs,
                              grace_period=max(1, experiment.epochs // 8), reduction_factor=2)
     return FIFOScheduler()
