@@ -54,10 +54,11 @@ def test_local_ray_of_the_command_is_reachable_over_loopback_only(tmp_path):
         while time.time() < deadline and proc.poll() is None:
             children = psutil.Process(proc.pid).children(recursive=True)
             ray_procs = [p for p in children if p.name() in ("gcs_server", "raylet")]
-            if len(ray_procs) == 2 and all(listening_ports(p.pid) for p in ray_procs):
+            trained = list(tmp_path.glob("lo/trial_*/progress.csv"))  # a trial reported: Ray is fully up
+            if len(ray_procs) == 2 and trained:
                 break
             time.sleep(0.5)
-        assert len(ray_procs) == 2, "the command started its own GCS and raylet"
+        assert len(ray_procs) == 2 and trained, "the command started its own GCS and raylet, and a trial ran"
         host_ns = os.readlink("/proc/self/ns/net")
         ports = set()
         for p in [psutil.Process(proc.pid), *ray_procs]:
@@ -66,7 +67,7 @@ def test_local_ray_of_the_command_is_reachable_over_loopback_only(tmp_path):
                 interfaces = {line.split(":")[0].strip() for line in f.readlines()[2:]}
             assert interfaces == {"lo"}, f"{p.name()} sees interfaces {interfaces}"
             ports |= listening_ports(p.pid)
-        assert len(ports) >= 3, ports
+        assert len(ports) >= 3, f"GCS, raylet, object manager and workers listen: {ports}"
         ours = listening_ports(os.getpid())  # a port of the same number may be open out here by chance
         for port in sorted(ports - ours):
             for host in host_addresses():
