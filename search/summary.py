@@ -7,6 +7,9 @@ import sys
 
 import pandas as pd
 
+from trainables.n2n import MODEL_HPARAMS
+
+MODEL_KEYS = {k for keys in MODEL_HPARAMS.values() for k in keys}  # shown only for models that use them
 SHOWN_KEYS = ("label", "model", "lr", "loss", "batchnorm", "dropout", "width", "latent", "batch_size")
 
 
@@ -16,7 +19,8 @@ def trial_rows(experiment, results) -> pd.DataFrame:
     for result in results:
         history = result.metrics_dataframe
         config = result.config or {}
-        row = {k: config[k] for k in SHOWN_KEYS if k in config}
+        used = MODEL_HPARAMS.get(config.get("model"), ())
+        row = {k: config[k] for k in SHOWN_KEYS if k in config and (k not in MODEL_KEYS or k in used)}
         row["trial"] = (result.metrics or {}).get("trial_id", "")
         if history is None or history.empty or "val_psnr" not in history:
             row.update(epochs=0, val_psnr=float("nan"), val_psnr_std=float("nan"))
