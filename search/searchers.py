@@ -15,9 +15,12 @@ class DivergenceAwareOptunaSearch(OptunaSearch):
     which Optuna refuses, leaving the trial RUNNING in the study and TPE none the wiser."""
 
     def on_trial_complete(self, trial_id, result=None, error=False):
-        if result and result.get("diverged"):
-            result, error = None, True
-        super().on_trial_complete(trial_id, result=result, error=error)
+        super().on_trial_complete(trial_id, *_as_told(result, error))
+
+
+def _as_told(result, error) -> tuple:
+    """What Optuna is told of a trial's end: a diverged trial as a failure without a value."""
+    return (None, True) if result and result.get("diverged") else (result, error)
 
 
 class RepeatAwareOptunaSearch(DivergenceAwareOptunaSearch):
@@ -66,12 +69,9 @@ class RepeatAwareOptunaSearch(DivergenceAwareOptunaSearch):
         return Searcher.FINISHED
 
     def on_trial_complete(self, trial_id, result=None, error=False):
-        if result and result.get("diverged"):
-            result, error = None, True
-        self._outcome[trial_id] = (result, error)
-        super().on_trial_complete(trial_id, result=result, error=error)
-        for stand_in in self._waiting.pop(trial_id, []):
-            super().on_trial_complete(stand_in, result=result, error=error)
+        self._outcome[trial_id] = _as_told(result, error)
+        for told in (trial_id, *self._waiting.pop(trial_id, [])):
+            super().on_trial_complete(told, *self._outcome[trial_id])
 
 
 def _describe(config: dict) -> str:

@@ -76,11 +76,9 @@ SPACES = {
 
 
 # -- exact configurations from files (--configs) ----------------------------------------------------
-#: What a --configs entry may set, and the value a trial takes where an entry leaves a key out
-#: (the trainable's own defaults; width None: the model's default width).
-CONFIG_KEYS = {"label": None, "model": "tnet", "lr": 5e-4, "loss": "l2", "batchnorm": False, "dropout": 0.0,
-               "width": None, "latent": 8, "batch_size": 32}
-MODELS = ("tnet", "unet", "basenet")
+#: What a --configs entry may set; a key it leaves out takes the trainable's default (TRIAL_DEFAULTS;
+#: width None: the model's default width).
+CONFIG_KEYS = ("label", "model", "lr", "loss", "batchnorm", "dropout", "width", "latent", "batch_size")
 
 
 class ConfigError(ValueError):
@@ -89,12 +87,15 @@ class ConfigError(ValueError):
 
 def check_config(entry, where: str) -> dict:
     """One --configs entry -> a complete trial configuration; ConfigError says what is wrong."""
+    from n2n_models import MODELS  # here, not at import: torch is only needed when --configs is used
+    from trainables.n2n import TRIAL_DEFAULTS
+
     if not isinstance(entry, dict):
         raise ConfigError(f"{where}: expected a JSON object of hyperparameters, got {type(entry).__name__}")
     unknown = sorted(set(entry) - set(CONFIG_KEYS))
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(CONFIG_KEYS)}")
-    c = {**CONFIG_KEYS, **entry}
+    c = {**{k: TRIAL_DEFAULTS.get(k) for k in CONFIG_KEYS}, **entry}
 
     def number(key, kind, ok, text):
         v = c[key]
@@ -121,14 +122,13 @@ def check_config(entry, where: str) -> dict:
 
 def configs_space(configs: list[dict]) -> Space:
     """A grid of exactly these (complete, checked) configurations."""
-    keys = list(CONFIG_KEYS)
-    params = {k: tune.choice(list({repr(c[k]): c[k] for c in configs}.values())) for k in keys}
+    params = {k: tune.choice(list({repr(c[k]): c[k] for c in configs}.values())) for k in CONFIG_KEYS}
     return Space("configs", "the configurations of --configs files", params,
-                 cells=tuple({k: c[k] for k in keys} for c in configs))
+                 cells=tuple({k: c[k] for k in CONFIG_KEYS} for c in configs))
 
 
 def space_of(experiment) -> Space:
     """The Space an experiment runs: a named one, or its --configs."""
-    if getattr(experiment, "configs", None):
+    if experiment.configs:
         return configs_space(experiment.configs)
     return SPACES[experiment.space]
