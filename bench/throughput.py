@@ -2,7 +2,7 @@
 replicas against sequential ones, measured side by side in one run.
 
     python bench/throughput.py [--threads 2] [--models tnet,unet,basenet] [--batch-sizes 16,32,64]
-                               [--rounds 5] [--seeds 5] [--quick]
+                               [--rounds 9] [--seeds 5] [--quick]
 
 The reference loop trains the way the report's own code does: the data as one float tensor,
 shuffled once per epoch, sliced per batch and divided by 255 per batch, a standard module forward
@@ -139,12 +139,13 @@ def training_flops(model: str, hparams: dict, batch_size: int) -> int:
 
 
 def side_by_side(variants: dict, rounds: int) -> dict:
-    """Run each variant once untimed, then `rounds` times, alternating; seconds per run."""
+    """Run each variant once untimed, then `rounds` times, alternating (in reverse order every other
+    round, so that no variant always follows the same one); seconds per run."""
     for run in variants.values():
         run()
     times = {name: [] for name in variants}
-    for _ in range(rounds):
-        for name, run in variants.items():
+    for r in range(rounds):
+        for name, run in (list(variants.items()) if r % 2 == 0 else reversed(variants.items())):
             t = time.perf_counter()
             run()
             times[name].append(time.perf_counter() - t)
@@ -173,9 +174,11 @@ def loop_vs_reference(pairs, model: str, batch_size: int, steps: int, rounds: in
     flops = training_flops(model, {}, batch_size)
     ips = {k: n / med(v) for k, v in times.items()}
     share = {k: flops * steps / med(v) / 1e9 / peak for k, v in times.items()}
+    per_round = sorted(r / p for r, p in zip(times["reference"], times["project"]))
     print(f"{model:8s} {batch_size:5d} {ips['reference']:11.0f} {ips['project']:11.0f} "
-          f"{ips['project'] / ips['reference']:8.2f}x {flops / batch_size / 1e6:11.1f} "
-          f"{100 * share['reference']:7.1f}% {100 * share['project']:7.1f}%   {diff:.1e}", flush=True)
+          f"{ips['project'] / ips['reference']:8.2f}x {med(per_round):7.2f}x ({per_round[0]:.2f}-{per_round[-1]:.2f}) "
+          f"{flops / batch_size / 1e6:9.1f} {100 * share['reference']:7.1f}% {100 * share['project']:7.1f}%   "
+          f"{diff:.1e}", flush=True)
 
 
 def ingredients(pairs, steps: int, rounds: int):
@@ -184,17 +187,19 @@ def ingredients(pairs, steps: int, rounds: int):
     a, b = pairs.train_a[:n], pairs.train_b[:n]
     spec = TrainSpec("tnet", lr=LR, batch_size=bs, seeds=(0,))
     ref = ReferenceLoop("tnet", {}, 0, a, b, bs)
-    previous = previous_loop(ReplicaTrainer(spec, fused=False))
-    layout = previous_loop(ReplicaTrainer(spec, fused=False))
+    previous = previous_loop(ReplicaTrainer(spec, fused=False, fast_layers=False))
+    layout = previous_loop(ReplicaTrainer(spec, fused=False, fast_layers=False))
     layout.channels_last = True
     layout.models = [m.to(memory_format=torch.channels_last) for m in layout.models]
+    adam = ReplicaTrainer(spec, fused=False, fast_layers=False)
     ours = ReplicaTrainer(spec, fused=False)
     bf16 = ReplicaTrainer(TrainSpec("tnet", lr=LR, batch_size=bs, seeds=(0,), amp=True), fused=False)
     variants = {
         "reference loop (float data, /255 per batch, NCHW, Adam)": ref.train_epoch,
         "previous project loop (uint8 data, NCHW, Adam)": lambda: previous.train_epoch(a, b),
         "  + channels-last": lambda: layout.train_epoch(a, b),
-        "  + fused Adam = the project's loop": lambda: ours.train_epoch(a, b),
+        "  + fused Adam": lambda: adam.train_epoch(a, b),
+        "  + fast layers (fast_layers.py) = the project's loop": lambda: ours.train_epoch(a, b),
         "  + bfloat16 autocast (TrainSpec.amp; not default)": lambda: bf16.train_epoch(a, b),
     }
     compiled = compiled_variant(a, b, bs)
@@ -216,7 +221,7 @@ import sys, time, torch
 sys.path.insert(0, {root!r})
 from n2n_models.train import ReplicaTrainer, TrainSpec
 torch.set_num_threads({threads})
-trainer = ReplicaTrainer(TrainSpec("tnet", batch_size={bs}, seeds=(0,)), fused=False)
+trainer = ReplicaTrainer(TrainSpec("tnet", batch_size={bs}, seeds=(0,)), fused=False, fast_layers=False)
 trainer.models = [torch.compile(trainer.models[0])]
 x = torch.randint(0, 256, ({bs}, 3, 32, 32), dtype=torch.uint8)
 t = time.perf_counter()
@@ -241,7 +246,7 @@ def compiled_variant(a, b, bs):
         cold = float(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
                                     env={**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache}).stdout.split()[-1])
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
-        trainer = ReplicaTrainer(TrainSpec("tnet", lr=LR, batch_size=bs, seeds=(0,)), fused=False)
+        trainer = ReplicaTrainer(TrainSpec("tnet", lr=LR, batch_size=bs, seeds=(0,)), fused=False, fast_layers=False)
         trainer.models = [torch.compile(trainer.models[0])]
         t = time.perf_counter()
         trainer.train_epoch(a[:bs], b[:bs])
@@ -258,7 +263,7 @@ def fused_vs_sequential(pairs, k: int, steps: int, rounds: int):
     spec = TrainSpec("tnet", lr=LR, batch_size=bs, seeds=tuple(range(k)))
     sequential = ReplicaTrainer(spec, fused=False)
     fused = ReplicaTrainer(spec, fused=True)
-    previous = previous_loop(ReplicaTrainer(spec, fused=False))
+    previous = previous_loop(ReplicaTrainer(spec, fused=False, fast_layers=False))
     vmapped = VmapReplicas(spec)
     same = (fused.train_epoch(a, b) - sequential.train_epoch(a, b)).abs().max().item()
     times = side_by_side({
@@ -302,7 +307,7 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--models", default="tnet,basenet,unet")
     ap.add_argument("--batch-sizes", default="16,32,64")
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--seeds", type=int, default=5, help="replicas in the fused comparison")
     ap.add_argument("--quick", action="store_true", help="fewer steps (a smoke run)")
     ap.add_argument("--sections", default="loops,ingredients,fused,amp",
@@ -319,7 +324,8 @@ def main(argv=None):
     print(f"matrix-multiply peak (2048 x 2048 torch.mm, {args.threads} threads): {peak:.0f} GFLOP/s")
     if "loops" in sections:
         print(f"\n{'model':8s} {'batch':>5s} {'ref img/s':>11s} {'ours img/s':>11s} {'speed-up':>9s} "
-              f"{'MFLOP/img':>11s} {'ref peak':>8s} {'our peak':>8s}   max rel. loss diff")
+              f"{'per round: median (range)':>26s} {'MFLOP/img':>9s} {'ref peak':>8s} {'our peak':>8s}   "
+              f"max rel. loss diff")
         for model in args.models.split(","):
             steps = max(4, int({"unet": 12}.get(model, 48) * scale))
             for bs in (int(x) for x in args.batch_sizes.split(",")):

@@ -6,8 +6,9 @@ no worker processes, one float conversion per batch. Replica i is initialised wi
 `torch.manual_seed(seeds[i])` and draws its own data order from `seeds[i]` and the epoch, so a
 replica trains the same numbers fused or alone. What makes the loop fast without changing its
 math (measured in docs/benchmarks.md): channels-last activations on CPU, where oneDNN
-convolutions run about 1.7 times as fast as in the default layout, Adam's fused kernel, and no
-host synchronisation inside an epoch.
+convolutions run about 1.7 times as fast as in the default layout, Adam's fused kernel, on CPU the
+layers of n2n_models.fast_layers (thin 3x3 convolutions as matrix products, a faster nearest-upsample
+backward), and no host synchronisation inside an epoch.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import build_model
+from .fast_layers import speed_up, thin_conv2d, thin_conv_applies
 from .losses import get_loss
 from .metrics import psnr_per_image
 
@@ -107,10 +109,14 @@ class _GroupedConv(nn.Module):
         self.output_padding = getattr(c, "output_padding", 0)
         self.weight = nn.Parameter(torch.stack([m.weight.detach() for m in convs]))
         self.bias = nn.Parameter(torch.stack([m.bias.detach() for m in convs])) if c.bias is not None else None
+        self.thin = c.groups == 1 and thin_conv_applies(c.in_channels, c.out_channels, c.kernel_size, c.stride,
+                                                        c.padding, c.dilation, c.padding_mode, self.transposed)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w, b = self.weight.flatten(0, 1), None if self.bias is None else self.bias.flatten()
         groups = self.groups * self.k
+        if self.thin:  # fast_layers.ThinConv2d's computation, one batched matrix product per replica
+            return thin_conv2d(x, w, b, groups)
         if self.transposed:
             return F.conv_transpose2d(x, w, b, self.stride, self.padding, self.output_padding, groups, self.dilation)
         return F.conv2d(x, w, b, self.stride, self.padding, self.dilation, groups)
@@ -196,23 +202,29 @@ def from_groups(x: torch.Tensor, k: int) -> torch.Tensor:
 
 class ReplicaTrainer:
     """Trains `spec.seeds` replicas of `spec` on `device`; `fused=None` fuses them where that is
-    faster (`fused_by_default`: on GPUs)."""
+    faster (`fused_by_default`: on GPUs). `fast_layers=None` swaps in n2n_models.fast_layers on CPU
+    (same math, faster there); False keeps the model's own layers."""
 
-    def __init__(self, spec: TrainSpec, device="cpu", fused: bool | None = None):
+    def __init__(self, spec: TrainSpec, device="cpu", fused: bool | None = None, fast_layers: bool | None = None):
         self.spec, self.device = spec, torch.device(device)
         self.fused = fused_by_default(self.device, len(spec.seeds)) if fused is None else bool(fused)
         self.channels_last = prefers_channels_last(self.device)
+        self.fast_layers = self.device.type == "cpu" if fast_layers is None else bool(fast_layers)
         self.loss_fn = get_loss(spec.loss)
         self.epoch = 0
         models = [init_replica(spec, s) for s in spec.seeds]
         if self.fused:
             self.net = group_replicas(models).to(self.device)
+            if self.fast_layers:
+                speed_up(self.net)
             self.params = dict(self.net.named_parameters())
             self.buffers = dict(self.net.named_buffers())
             self.optimizers = [self._adam(self.params.values())]
         else:
             fmt = torch.channels_last if self.channels_last else torch.preserve_format
             self.models = [m.to(self.device, memory_format=fmt) for m in models]
+            if self.fast_layers:
+                self.models = [speed_up(m) for m in self.models]
             self.optimizers = [self._adam(m.parameters()) for m in self.models]
         self._autocast_dtype = (torch.bfloat16 if self.device.type != "cuda" or torch.cuda.is_bf16_supported()
                                 else torch.float16)

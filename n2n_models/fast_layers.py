@@ -1,0 +1,194 @@
+"""Faster CPU versions of two layers of the report's networks, with the same math: they compute the
+same sums in another order (results agree to float rounding). The training loop swaps them in on
+CPU (`speed_up`); models, checkpoints and the reference loop keep the standard layers.
+
+- `ThinConv2d`: a 3x3 convolution (stride 1, padding 1) with few output channels and many inputs,
+  like TNet's 32 -> 3 `dec1` and UNet's last layer. oneDNN vectorises a convolution over its
+  output channels, so with 3 of them most of each vector is idle: at 32x32 it runs at a quarter of
+  the speed of the wider layers. Here the forward pass is one matrix product of the input with all
+  nine taps' weights (9 x 3 outputs per pixel, a well-shaped GEMM) followed by nine shifted adds
+  of 3-channel planes; the weight gradient is one matrix product of the nine shifted output
+  gradients with the input. The input gradient stays oneDNN's (it has many output channels).
+  Grouped (fused replica) convolutions use one batched matrix product per group.
+- `NearestUpsample`: nearest-neighbour upsampling by an integer factor whose backward pass sums
+  each s x s block with s + s - 2 strided adds instead of PyTorch's scatter kernel, which copies
+  channels-last gradients first (3-5 times slower on TNet's and UNet's skip connections).
+
+docs/benchmarks.md measures what each brings.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+THIN_MAX_OUT = 4  # output channels per group for which the GEMM path replaces oneDNN's kernel
+THIN_MIN_IN = 8  # below this many inputs per group oneDNN's kernel is faster (measured: 6 -> 3)
+
+
+# -- thin 3x3 convolution -------------------------------------------------------------------------
+
+def thin_conv_applies(cin: int, cout: int, kernel_size, stride, padding, dilation, padding_mode: str,
+                      transposed: bool = False) -> bool:
+    """Whether a convolution with these settings (per group) takes the thin path."""
+    return (not transposed and tuple(kernel_size) == (3, 3) and tuple(stride) == (1, 1)
+            and tuple(padding) == (1, 1) and tuple(dilation) == (1, 1) and padding_mode == "zeros"
+            and cout <= THIN_MAX_OUT and cin >= THIN_MIN_IN)
+
+
+def _shift_sum(taps: torch.Tensor) -> torch.Tensor:
+    """taps (3, 3, ..., H, W): what each pixel sends through each kernel tap -> (..., H, W), the
+    sum over taps of taps[ky, kx] moved by (ky - 1, kx - 1), zero beyond the border."""
+    h, w = taps.shape[-2:]
+    out = taps[1, 1].clone()
+    for ky in range(3):
+        for kx in range(3):
+            if ky == 1 and kx == 1:
+                continue
+            dy, dx = ky - 1, kx - 1
+            h0, h1, w0, w1 = max(0, -dy), h - max(0, dy), max(0, -dx), w - max(0, dx)
+            out[..., h0:h1, w0:w1] += taps[ky, kx, ..., h0 + dy:h1 + dy, w0 + dx:w1 + dx]
+    return out
+
+
+class _ThinConv(torch.autograd.Function):
+    """conv2d(x, weight, bias, padding=1, groups=groups) for a 3x3 kernel with few outputs. Every
+    matrix product is one GEMM per group on strided views of channels-last tensors (no copies)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, groups: int):
+        n, cin, h, w = x.shape
+        g, o, c = groups, weight.shape[0] // groups, cin // groups
+        pixels = x.permute(0, 2, 3, 1).reshape(n * h * w, g, c)  # a view for channels-last x
+        wt = _taps_by_input(weight, g)
+        taps = x.new_empty(g, 9 * o, n * h * w)
+        for i in range(g):
+            torch.mm(wt[i], pixels[:, i].t(), out=taps[i])
+        out = _shift_sum(taps.view(g, 3, 3, o, n, h, w).permute(1, 2, 0, 3, 4, 5, 6))  # (g, o, n, h, w)
+        if bias is not None:
+            out += bias.view(g, o, 1, 1, 1)
+        ctx.save_for_backward(x, weight)
+        ctx.groups, ctx.has_bias = groups, bias is not None
+        return out.permute(2, 3, 4, 0, 1).contiguous().view(n, h, w, g * o).permute(0, 3, 1, 2)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        n, cin, h, w = x.shape
+        g = ctx.groups
+        o, c = weight.shape[0] // g, cin // g
+        grad = grad.contiguous(memory_format=torch.channels_last)
+        grad_x = grad_w = grad_b = None
+        # shifted[tap, o, q] = grad[o, q - d(tap)], zero beyond the border; both gradients are matrix
+        # products with it: grad_w[o, c, tap] = sum_q shifted[tap, o, q] x[c, q] and
+        # grad_x[c, q] = sum_(tap, o) weight[o, c, tap] shifted[tap, o, q]
+        padded = F.pad(grad.permute(1, 0, 2, 3), (1, 1, 1, 1)).view(g, o, n, h + 2, w + 2)
+        shifted = torch.stack([padded[..., 2 - ky:2 - ky + h, 2 - kx:2 - kx + w]
+                               for ky in range(3) for kx in range(3)], 1).view(g, 9 * o, n * h * w)
+        pixels = x.permute(0, 2, 3, 1).reshape(n * h * w, g, c)
+        if ctx.needs_input_grad[0]:
+            wt = _taps_by_input(weight, g)
+            grad_x = x.new_empty(n * h * w, g, c)
+            for i in range(g):
+                torch.mm(shifted[i].t(), wt[i], out=grad_x[:, i])
+            grad_x = grad_x.view(n, h, w, cin).permute(0, 3, 1, 2)
+        if ctx.needs_input_grad[1]:
+            grad_w = weight.new_empty(g, 9 * o, c)
+            for i in range(g):
+                torch.mm(shifted[i], pixels[:, i], out=grad_w[i])
+            grad_w = grad_w.view(g, 3, 3, o, c).permute(0, 3, 4, 1, 2).reshape(weight.shape)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad.sum((0, 2, 3))
+        return grad_x, grad_w, grad_b, None
+
+
+def _taps_by_input(weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """(g * o, c, 3, 3) weights -> (g, 9 * o, c): row (ky, kx, o) of group i holds weight[o, :, ky, kx]."""
+    o, c = weight.shape[0] // groups, weight.shape[1]
+    return weight.view(groups, o, c, 3, 3).permute(0, 3, 4, 1, 2).reshape(groups, 9 * o, c)
+
+
+def thin_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, groups: int = 1) -> torch.Tensor:
+    """F.conv2d(x, weight, bias, padding=1, groups=groups) for a 3x3 kernel, computed as above.
+    Returns a channels-last tensor. Falls back to F.conv2d off CPU and under autocast."""
+    if x.device.type != "cpu" or torch.is_autocast_enabled("cpu") or x.dtype != torch.float32:
+        return F.conv2d(x, weight, bias, padding=1, groups=groups)
+    return _ThinConv.apply(x, weight, bias, groups)
+
+
+class ThinConv2d(nn.Conv2d):
+    """nn.Conv2d (same parameters, same state dict) that computes with `thin_conv2d`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return thin_conv2d(x, self.weight, self.bias, self.groups)
+
+
+# -- nearest upsampling ---------------------------------------------------------------------------
+
+def block_sum(grad: torch.Tensor, s: int) -> torch.Tensor:
+    """(N, C, H, W) -> (N, C, H / s, W / s): the sum of each s x s block (any memory layout)."""
+    cols = grad.unflatten(3, (grad.shape[3] // s, s))
+    rows = cols[..., 0]
+    for j in range(1, s):
+        rows = rows + cols[..., j]
+    rows = rows.unflatten(2, (grad.shape[2] // s, s))
+    out = rows[:, :, :, 0]
+    for i in range(1, s):
+        out = out + rows[:, :, :, i]
+    return out
+
+
+class _NearestUp(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, s: int):
+        ctx.s = s
+        return F.interpolate(x, scale_factor=s, mode="nearest")
+
+    @staticmethod
+    def backward(ctx, grad):
+        return block_sum(grad, ctx.s), None
+
+
+class NearestUpsample(nn.Module):
+    """nn.Upsample(scale_factor=s, mode="nearest") for an integer s, with a faster backward."""
+
+    def __init__(self, scale_factor: int):
+        super().__init__()
+        self.scale_factor = int(scale_factor)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _NearestUp.apply(x, self.scale_factor)
+
+    def extra_repr(self) -> str:
+        return f"scale_factor={self.scale_factor}"
+
+
+def _integer_nearest(m: nn.Upsample) -> int | None:
+    s = m.scale_factor
+    if m.mode != "nearest" or m.size is not None or s is None:
+        return None
+    s = s if isinstance(s, (int, float)) else (s[0] if len(set(s)) == 1 else None)
+    return int(s) if s is not None and float(s).is_integer() and s >= 1 else None
+
+
+# -- swapping them in -----------------------------------------------------------------------------
+
+def speed_up(model: nn.Module) -> nn.Module:
+    """Swap the layers above into `model` in place (sharing its parameters, so its state dict and
+    optimiser are unchanged) and return it. Other layers, and layers these do not cover, stay."""
+    for name, module in list(model.named_modules()):
+        if not name:
+            continue
+        parent_name, _, attr = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        if type(module) is nn.Conv2d and thin_conv_applies(
+                module.in_channels // module.groups, module.out_channels // module.groups, module.kernel_size,
+                module.stride, module.padding, module.dilation, module.padding_mode):
+            fast = ThinConv2d(module.in_channels, module.out_channels, 3, padding=1, groups=module.groups,
+                              bias=module.bias is not None, device="meta")
+            fast.weight, fast.bias = module.weight, module.bias
+            fast.train(module.training)
+            setattr(parent, attr, fast)
+        elif type(module) is nn.Upsample and _integer_nearest(module):
+            setattr(parent, attr, NearestUpsample(_integer_nearest(module)))
+    return model
