@@ -7,9 +7,10 @@ CPU (`speed_up`); models, checkpoints and the reference loop keep the standard l
   output channels, so with 3 of them most of each vector is idle: at 32x32 it runs at a quarter of
   the speed of the wider layers. Here the forward pass is one matrix product of the input with all
   nine taps' weights (9 x 3 outputs per pixel, a well-shaped GEMM) followed by nine shifted adds
-  of 3-channel planes; the weight gradient is one matrix product of the nine shifted output
-  gradients with the input. The input gradient stays oneDNN's (it has many output channels).
-  Grouped (fused replica) convolutions use one batched matrix product per group.
+  of 3-channel planes; the weight and input gradients are matrix products with the nine shifted
+  planes of the output gradient. Grouped (fused replica) convolutions use one product per group.
+  Modules that can take this path themselves (the fused replicas' grouped convolutions) say so
+  with a `use_fast_layers` attribute, which `speed_up` switches on.
 - `NearestUpsample`: nearest-neighbour upsampling by an integer factor whose backward pass sums
   each s x s block with s + s - 2 strided adds instead of PyTorch's scatter kernel, which copies
   channels-last gradients first (3-5 times slower on TNet's and UNet's skip connections).
@@ -28,12 +29,11 @@ THIN_MIN_IN = 8  # below this many inputs per group oneDNN's kernel is faster (m
 
 # -- thin 3x3 convolution -------------------------------------------------------------------------
 
-def thin_conv_applies(cin: int, cout: int, kernel_size, stride, padding, dilation, padding_mode: str,
-                      transposed: bool = False) -> bool:
-    """Whether a convolution with these settings (per group) takes the thin path."""
-    return (not transposed and tuple(kernel_size) == (3, 3) and tuple(stride) == (1, 1)
-            and tuple(padding) == (1, 1) and tuple(dilation) == (1, 1) and padding_mode == "zeros"
-            and cout <= THIN_MAX_OUT and cin >= THIN_MIN_IN)
+def thin_conv_applies(conv: nn.Module) -> bool:
+    """Whether `conv` (an nn.Conv2d; not a transposed one) takes the thin path."""
+    return (isinstance(conv, nn.Conv2d) and conv.kernel_size == (3, 3) and conv.stride == (1, 1)
+            and conv.padding == (1, 1) and conv.dilation == (1, 1) and conv.padding_mode == "zeros"
+            and conv.out_channels // conv.groups <= THIN_MAX_OUT and conv.in_channels // conv.groups >= THIN_MIN_IN)
 
 
 def _shift_sum(taps: torch.Tensor) -> torch.Tensor:
@@ -85,7 +85,6 @@ class _ThinConv(torch.autograd.Function):
         padded = F.pad(grad.permute(1, 0, 2, 3), (1, 1, 1, 1)).view(g, o, n, h + 2, w + 2)
         shifted = torch.stack([padded[..., 2 - ky:2 - ky + h, 2 - kx:2 - kx + w]
                                for ky in range(3) for kx in range(3)], 1).view(g, 9 * o, n * h * w)
-        pixels = x.permute(0, 2, 3, 1).reshape(n * h * w, g, c)
         if ctx.needs_input_grad[0]:
             wt = _taps_by_input(weight, g)
             grad_x = x.new_empty(n * h * w, g, c)
@@ -93,6 +92,7 @@ class _ThinConv(torch.autograd.Function):
                 torch.mm(shifted[i].t(), wt[i], out=grad_x[:, i])
             grad_x = grad_x.view(n, h, w, cin).permute(0, 3, 1, 2)
         if ctx.needs_input_grad[1]:
+            pixels = x.permute(0, 2, 3, 1).reshape(n * h * w, g, c)
             grad_w = weight.new_empty(g, 9 * o, c)
             for i in range(g):
                 torch.mm(shifted[i], pixels[:, i], out=grad_w[i])
@@ -175,20 +175,22 @@ def _integer_nearest(m: nn.Upsample) -> int | None:
 
 def speed_up(model: nn.Module) -> nn.Module:
     """Swap the layers above into `model` in place (sharing its parameters, so its state dict and
-    optimiser are unchanged) and return it. Other layers, and layers these do not cover, stay."""
+    optimiser are unchanged), switch on modules with a `use_fast_layers` attribute, and return it.
+    Other layers, and layers these do not cover, stay."""
     for name, module in list(model.named_modules()):
+        if hasattr(module, "use_fast_layers"):
+            module.use_fast_layers = True
         if not name:
             continue
         parent_name, _, attr = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        if type(module) is nn.Conv2d and thin_conv_applies(
-                module.in_channels // module.groups, module.out_channels // module.groups, module.kernel_size,
-                module.stride, module.padding, module.dilation, module.padding_mode):
+        scale = _integer_nearest(module) if type(module) is nn.Upsample else None
+        if type(module) is nn.Conv2d and thin_conv_applies(module):
             fast = ThinConv2d(module.in_channels, module.out_channels, 3, padding=1, groups=module.groups,
                               bias=module.bias is not None, device="meta")
             fast.weight, fast.bias = module.weight, module.bias
             fast.train(module.training)
             setattr(parent, attr, fast)
-        elif type(module) is nn.Upsample and _integer_nearest(module):
-            setattr(parent, attr, NearestUpsample(_integer_nearest(module)))
+        elif scale:
+            setattr(parent, attr, NearestUpsample(scale))
     return model

@@ -97,7 +97,11 @@ _ELEMENTWISE_FUNCTIONS = (operator.add, operator.sub, operator.mul, torch.add, t
 
 
 class _GroupedConv(nn.Module):
-    """K convolutions (or transposed convolutions) of the same shape as one grouped convolution."""
+    """K convolutions (or transposed convolutions) of the same shape as one grouped convolution.
+    With `use_fast_layers` (set by fast_layers.speed_up) a thin 3x3 convolution takes
+    fast_layers.thin_conv2d, one matrix product per replica."""
+
+    use_fast_layers = False
 
     def __init__(self, convs: list[nn.Module]):
         super().__init__()
@@ -109,13 +113,12 @@ class _GroupedConv(nn.Module):
         self.output_padding = getattr(c, "output_padding", 0)
         self.weight = nn.Parameter(torch.stack([m.weight.detach() for m in convs]))
         self.bias = nn.Parameter(torch.stack([m.bias.detach() for m in convs])) if c.bias is not None else None
-        self.thin = c.groups == 1 and thin_conv_applies(c.in_channels, c.out_channels, c.kernel_size, c.stride,
-                                                        c.padding, c.dilation, c.padding_mode, self.transposed)
+        self.thin = thin_conv_applies(c)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w, b = self.weight.flatten(0, 1), None if self.bias is None else self.bias.flatten()
         groups = self.groups * self.k
-        if self.thin:  # fast_layers.ThinConv2d's computation, one batched matrix product per replica
+        if self.thin and self.use_fast_layers:
             return thin_conv2d(x, w, b, groups)
         if self.transposed:
             return F.conv_transpose2d(x, w, b, self.stride, self.padding, self.output_padding, groups, self.dilation)
