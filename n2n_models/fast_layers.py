@@ -11,6 +11,11 @@ CPU (`speed_up`); models, checkpoints and the reference loop keep the standard l
   planes of the output gradient. Grouped (fused replica) convolutions use one product per group.
   Modules that can take this path themselves (the fused replicas' grouped convolutions) say so
   with a `use_fast_layers` attribute, which `speed_up` switches on.
+- `UpConcatThinConv2d`: such a thin convolution of `torch.cat([upsample(low), skip], 1)`, as
+  in TNet's `dec1`. The upsampled half's matrix products run at the low resolution (a quarter of
+  the pixels for s = 2) and their results are spread over each s x s block, so neither the
+  upsampled nor the concatenated tensor is built (about a fifth of a TNet step on CPU).
+  `speed_up` finds the pattern with torch.fx (`fuse_upsample_concat`).
 - `NearestUpsample`: nearest-neighbour upsampling by an integer factor whose backward pass sums
   each s x s block with s + s - 2 strided adds instead of PyTorch's scatter kernel, which copies
   channels-last gradients first (3-5 times slower on TNet's and UNet's skip connections).
@@ -20,6 +25,7 @@ docs/benchmarks.md measures what each brings.
 from __future__ import annotations
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
@@ -49,6 +55,15 @@ def _shift_sum(taps: torch.Tensor) -> torch.Tensor:
             h0, h1, w0, w1 = max(0, -dy), h - max(0, dy), max(0, -dx), w - max(0, dx)
             out[..., h0:h1, w0:w1] += taps[ky, kx, ..., h0 + dy:h1 + dy, w0 + dx:w1 + dx]
     return out
+
+
+def _shifted_grad(grad: torch.Tensor, g: int) -> torch.Tensor:
+    """(N, g * o, H, W) output gradient -> (g, 9 * o, N * H * W): row (tap, o) holds the gradient of
+    output channel o moved by that tap's offset, zero beyond the border (see _ThinConv.backward)."""
+    n, go, h, w = grad.shape
+    padded = F.pad(grad.permute(1, 0, 2, 3), (1, 1, 1, 1)).view(g, go // g, n, h + 2, w + 2)
+    return torch.stack([padded[..., 2 - ky:2 - ky + h, 2 - kx:2 - kx + w]
+                        for ky in range(3) for kx in range(3)], 1).view(g, 9 * go // g, n * h * w)
 
 
 class _ThinConv(torch.autograd.Function):
@@ -82,9 +97,7 @@ class _ThinConv(torch.autograd.Function):
         # shifted[tap, o, q] = grad[o, q - d(tap)], zero beyond the border; both gradients are matrix
         # products with it: grad_w[o, c, tap] = sum_q shifted[tap, o, q] x[c, q] and
         # grad_x[c, q] = sum_(tap, o) weight[o, c, tap] shifted[tap, o, q]
-        padded = F.pad(grad.permute(1, 0, 2, 3), (1, 1, 1, 1)).view(g, o, n, h + 2, w + 2)
-        shifted = torch.stack([padded[..., 2 - ky:2 - ky + h, 2 - kx:2 - kx + w]
-                               for ky in range(3) for kx in range(3)], 1).view(g, 9 * o, n * h * w)
+        shifted = _shifted_grad(grad, g)
         if ctx.needs_input_grad[0]:
             wt = _taps_by_input(weight, g)
             grad_x = x.new_empty(n * h * w, g, c)
@@ -116,11 +129,78 @@ def thin_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     return _ThinConv.apply(x, weight, bias, groups)
 
 
+class _UpConcatThinConv(torch.autograd.Function):
+    """thin_conv2d(torch.cat([upsample(low, s), skip], 1), weight, bias) without building the
+    upsampled or the concatenated tensor: the low-resolution input's share of every tap is a matrix
+    product at its own resolution, spread over s x s pixels; its gradients sum s x s blocks of the
+    shifted output gradient first. The same sums as the thin convolution, in another order."""
+
+    @staticmethod
+    def forward(ctx, low, skip, weight, bias, s: int):
+        n, cl, hl, wl = low.shape
+        _, cs, h, w = skip.shape
+        o = weight.shape[0]
+        wt = _taps_by_input(weight, 1)[0]  # (9 * o, cl + cs)
+        taps = torch.mm(wt[:, cl:], skip.permute(0, 2, 3, 1).reshape(n * h * w, cs).t())
+        taps_low = torch.mm(wt[:, :cl], low.permute(0, 2, 3, 1).reshape(n * hl * wl, cl).t())
+        taps.view(9 * o, n, hl, s, wl, s).add_(taps_low.view(9 * o, n, hl, 1, wl, 1))
+        out = _shift_sum(taps.view(3, 3, o, n, h, w))  # (o, n, h, w)
+        if bias is not None:
+            out += bias.view(o, 1, 1, 1)
+        ctx.save_for_backward(low, skip, weight)
+        ctx.s, ctx.has_bias = s, bias is not None
+        return out.permute(1, 2, 3, 0).contiguous().view(n, h, w, o).permute(0, 3, 1, 2)
+
+    @staticmethod
+    def backward(ctx, grad):
+        low, skip, weight = ctx.saved_tensors
+        n, cl, hl, wl = low.shape
+        _, cs, h, w = skip.shape
+        o, s = weight.shape[0], ctx.s
+        grad = grad.contiguous(memory_format=torch.channels_last)
+        shifted = _shifted_grad(grad, 1)[0]  # (9 * o, n * h * w)
+        shifted_low = block_sum(shifted.view(9 * o, n, h, w), s).reshape(9 * o, n * hl * wl)
+        wt = _taps_by_input(weight, 1)[0]
+        grad_low = grad_skip = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_low = torch.mm(shifted_low.t(), wt[:, :cl]).view(n, hl, wl, cl).permute(0, 3, 1, 2)
+        if ctx.needs_input_grad[1]:
+            grad_skip = torch.mm(shifted.t(), wt[:, cl:]).view(n, h, w, cs).permute(0, 3, 1, 2)
+        if ctx.needs_input_grad[2]:
+            grad_wt = torch.cat([torch.mm(shifted_low, low.permute(0, 2, 3, 1).reshape(n * hl * wl, cl)),
+                                 torch.mm(shifted, skip.permute(0, 2, 3, 1).reshape(n * h * w, cs))], 1)
+            grad_w = grad_wt.view(3, 3, o, cl + cs).permute(2, 3, 0, 1).contiguous()
+        if ctx.has_bias and ctx.needs_input_grad[3]:
+            grad_b = grad.sum((0, 2, 3))
+        return grad_low, grad_skip, grad_w, grad_b, None
+
+
+def up_concat_thin_conv2d(low: torch.Tensor, skip: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                          s: int) -> torch.Tensor:
+    """F.conv2d(torch.cat([F.interpolate(low, scale_factor=s), skip], 1), weight, bias, padding=1) for
+    a thin 3x3 kernel (one group), computed as _UpConcatThinConv does; the plain way off CPU, under
+    autocast and for other dtypes."""
+    if low.device.type != "cpu" or torch.is_autocast_enabled("cpu") or low.dtype != torch.float32:
+        return F.conv2d(torch.cat([F.interpolate(low, scale_factor=s, mode="nearest"), skip], 1), weight, bias,
+                        padding=1)
+    return _UpConcatThinConv.apply(low, skip, weight, bias, s)
+
+
 class ThinConv2d(nn.Conv2d):
     """nn.Conv2d (same parameters, same state dict) that computes with `thin_conv2d`."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return thin_conv2d(x, self.weight, self.bias, self.groups)
+
+
+class UpConcatThinConv2d(nn.Conv2d):
+    """nn.Conv2d (same parameters, same state dict) called as `conv(low, skip)` for
+    `conv(torch.cat([nearest_upsample(low, s), skip], 1))`, computed with `up_concat_thin_conv2d`."""
+
+    scale = 2
+
+    def forward(self, low: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return up_concat_thin_conv2d(low, skip, self.weight, self.bias, self.scale)
 
 
 # -- nearest upsampling ---------------------------------------------------------------------------
@@ -173,10 +253,70 @@ def _integer_nearest(m: nn.Upsample) -> int | None:
 
 # -- swapping them in -----------------------------------------------------------------------------
 
+def _through_identities(node: torch.fx.Node, gm: torch.fx.GraphModule) -> torch.fx.Node:
+    while (node.op == "call_module" and type(gm.get_submodule(node.target)) is nn.Identity
+           and len(node.users) == 1):
+        node = node.args[0]
+    return node
+
+
+def fuse_upsample_concat(model: nn.Module) -> nn.Module:
+    """Where a thin convolution (one group) reads `torch.cat([up(low), skip], 1)` with `up` an
+    integer nearest upsample, possibly through nn.Identity layers, and nothing else reads the
+    upsampled or the concatenated tensor, compute it with UpConcatThinConv2d (TNet's `dec1`).
+    Returns a torch.fx.GraphModule with the same state-dict names and parameters when that
+    pattern occurs, else `model` itself (also when the model cannot be traced)."""
+    layers = list(model.modules())
+    if not (any(type(m) is nn.Conv2d and m.groups == 1 and thin_conv_applies(m) for m in layers)
+            and any(type(m) in (nn.Upsample, NearestUpsample) for m in layers)):
+        return model  # nothing to fuse: do not trace (tracing runs the Python of non-leaf modules)
+    try:
+        gm = torch.fx.symbolic_trace(model)
+    except Exception:  # noqa: BLE001 - data-dependent control flow and the like: leave it as it is
+        return model
+    fused = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module" or len(node.args) != 1 or node.kwargs:
+            continue
+        conv = gm.get_submodule(node.target)
+        if type(conv) is not nn.Conv2d or conv.groups != 1 or not thin_conv_applies(conv):
+            continue
+        cat = _through_identities(node.args[0], gm)
+        if cat.op != "call_function" or cat.target is not torch.cat or len(cat.users) != 1:
+            continue
+        parts = cat.args[0]
+        dim = cat.args[1] if len(cat.args) > 1 else cat.kwargs.get("dim", 0)
+        if dim not in (1, -3) or not isinstance(parts, (list, tuple)) or len(parts) != 2:
+            continue
+        up, skip = parts
+        upsample = gm.get_submodule(up.target) if up.op == "call_module" else None
+        scale = (upsample.scale_factor if type(upsample) is NearestUpsample
+                 else _integer_nearest(upsample) if type(upsample) is nn.Upsample else None)
+        if not scale or len(up.users) != 1 or len(up.args) != 1:
+            continue
+        fast = UpConcatThinConv2d(conv.in_channels, conv.out_channels, 3, padding=1, bias=conv.bias is not None,
+                                  device="meta")
+        fast.weight, fast.bias, fast.scale = conv.weight, conv.bias, scale
+        fast.train(conv.training)
+        gm.set_submodule(node.target, fast)
+        node.args = (up.args[0], skip)
+        fused += 1
+    if not fused:
+        return model
+    gm.graph.eliminate_dead_code()
+    gm.delete_all_unused_submodules()  # the upsample and identity layers it bypasses
+    gm.recompile()
+    return gm
+
+
 def speed_up(model: nn.Module) -> nn.Module:
-    """Swap the layers above into `model` in place (sharing its parameters, so its state dict and
-    optimiser are unchanged), switch on modules with a `use_fast_layers` attribute, and return it.
-    Other layers, and layers these do not cover, stay."""
+    """Swap the layers above into `model`, sharing its parameters (its state dict and optimiser are
+    unchanged), switch on modules with a `use_fast_layers` attribute, and return the model to train.
+    Other layers, and layers these do not cover, stay. That is `model` itself, changed in place,
+    unless a thin convolution of an upsample-and-concatenate became one layer
+    (fuse_upsample_concat): then it is a torch.fx.GraphModule with the same parameters and
+    state-dict names, and `model` keeps its own layers."""
+    model = fuse_upsample_concat(model)
     for name, module in list(model.named_modules()):
         if hasattr(module, "use_fast_layers"):
             module.use_fast_layers = True

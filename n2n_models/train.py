@@ -219,16 +219,17 @@ class ReplicaTrainer:
         if self.fused:
             self.net = group_replicas(models).to(self.device)
             if self.fast_layers:
-                speed_up(self.net)
+                self.net = speed_up(self.net)
             self.params = dict(self.net.named_parameters())
             self.buffers = dict(self.net.named_buffers())
             self.optimizers = [self._adam(self.params.values())]
         else:
             fmt = torch.channels_last if self.channels_last else torch.preserve_format
             self.models = [m.to(self.device, memory_format=fmt) for m in models]
+            # the optimiser sees the model's own parameter order, with or without fast layers
+            self.optimizers = [self._adam(m.parameters()) for m in self.models]
             if self.fast_layers:
                 self.models = [speed_up(m) for m in self.models]
-            self.optimizers = [self._adam(m.parameters()) for m in self.models]
         self._autocast_dtype = (torch.bfloat16 if self.device.type != "cuda" or torch.cuda.is_bf16_supported()
                                 else torch.float16)
         self._scaler = (torch.amp.GradScaler("cuda") if spec.amp and self._autocast_dtype == torch.float16

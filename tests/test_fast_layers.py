@@ -1,13 +1,18 @@
 """n2n_models.fast_layers: the faster CPU layers compute the same function and the same gradients as
-the standard layers they replace, `speed_up` swaps exactly the layers they cover without touching
-parameters or state-dict names, and what a sped-up model trains loads into the plain model."""
+the standard layers they replace, `speed_up` swaps exactly the layers they cover (and fuses an
+upsample-and-concatenate into the thin convolution after it only where nothing else reads them)
+without touching parameters or state-dict names, and what a sped-up model trains loads into the
+plain model and trains the same losses."""
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from n2n_models import build_model
-from n2n_models.fast_layers import NearestUpsample, ThinConv2d, block_sum, speed_up, thin_conv2d
+from n2n_models.fast_layers import (NearestUpsample, ThinConv2d, UpConcatThinConv2d, block_sum, fuse_upsample_concat,
+                                    speed_up, thin_conv2d, up_concat_thin_conv2d)
+
+FAST = (ThinConv2d, UpConcatThinConv2d, NearestUpsample)
 from n2n_models.train import ReplicaTrainer, TrainSpec
 
 
@@ -47,6 +52,66 @@ def test_thin_convolution_falls_back_to_conv2d_under_autocast():
     assert out.dtype == expected.dtype == torch.bfloat16 and torch.equal(out, expected)
 
 
+@pytest.mark.parametrize("low_channels, skip_channels, scale, bias", [
+    (16, 16, 2, True),   # TNet's dec1
+    (5, 11, 4, False),
+    (8, 8, 2, True),
+])
+def test_upsample_concat_thin_convolution_matches_the_three_layers_in_value_and_every_gradient(
+        low_channels, skip_channels, scale, bias):
+    torch.manual_seed(low_channels + scale)
+    cl = torch.channels_last
+    low = torch.randn(3, low_channels, 12 // scale, 16 // scale).contiguous(memory_format=cl).requires_grad_()
+    skip = torch.randn(3, skip_channels, 12, 16).contiguous(memory_format=cl).requires_grad_()
+    w = torch.randn(3, low_channels + skip_channels, 3, 3, requires_grad=True)
+    b = torch.randn(3, requires_grad=True) if bias else None
+    inputs = [t for t in (low, skip, w, b) if t is not None]
+    grad_out = torch.randn(3, 3, 12, 16)
+    up = F.interpolate(low.double(), scale_factor=scale, mode="nearest")
+    exact = F.conv2d(torch.cat([up, skip.double()], 1), w.double(), None if b is None else b.double(), padding=1)
+    exact_grads = _grads(exact, inputs, grad_out.double())
+    ours = up_concat_thin_conv2d(low, skip, w, b, scale)
+    assert ours.dtype == torch.float32 and ours.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(ours.double(), exact, rtol=1e-5, atol=1e-5)
+    for got, want in zip(_grads(ours, inputs, grad_out), exact_grads):
+        assert got.shape == want.shape
+        torch.testing.assert_close(got.double(), want.double(), rtol=1e-5, atol=1e-4)
+
+
+def test_upsample_concat_thin_convolution_falls_back_to_the_plain_layers_under_autocast():
+    low, skip, w = torch.randn(2, 8, 4, 4), torch.randn(2, 8, 8, 8), torch.randn(3, 16, 3, 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = up_concat_thin_conv2d(low, skip, w, None, 2)
+        expected = F.conv2d(torch.cat([F.interpolate(low, scale_factor=2), skip], 1), w, None, padding=1)
+    assert out.dtype == expected.dtype == torch.bfloat16 and torch.equal(out, expected)
+
+
+class _UpsampleReadTwice(nn.Module):
+    """An upsample-and-concatenate before a thin convolution whose upsampled tensor is read again."""
+
+    def __init__(self):
+        super().__init__()
+        self.up, self.conv = nn.Upsample(scale_factor=2), nn.Conv2d(16, 3, 3, padding=1)
+
+    def forward(self, low, skip):
+        up = self.up(low)
+        return self.conv(torch.cat([up, skip], 1)) + up[:, :3]
+
+
+def test_the_upsample_and_concatenation_are_fused_only_where_nothing_else_reads_them():
+    kept = _UpsampleReadTwice()
+    assert fuse_upsample_concat(kept) is kept
+    assert fuse_upsample_concat(build_model("tnet", batchnorm=True)).__class__.__name__ == "TNet", \
+        "batch norm on the concatenation: nothing to fuse"
+    plain = build_model("tnet")
+    fused = fuse_upsample_concat(plain)
+    assert isinstance(fused, torch.fx.GraphModule) and isinstance(fused.get_submodule("dec1.0"), UpConcatThinConv2d)
+    assert type(plain.dec1[0]) is nn.Conv2d, "the model it was made from keeps its own layers"
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), plain(x), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("scale", [2, 4])
 def test_nearest_upsample_matches_nn_upsample_and_its_gradient(scale):
     x = torch.randn(2, 6, 4, 5).contiguous(memory_format=torch.channels_last).requires_grad_()
@@ -63,7 +128,7 @@ def test_block_sum_sums_each_block_of_a_strided_view():
 
 
 @pytest.mark.parametrize("model, swapped", [
-    ("tnet", {"dec1.0": ThinConv2d, "up2": NearestUpsample, "up4": NearestUpsample}),
+    ("tnet", {"dec1.0": UpConcatThinConv2d, "up4": NearestUpsample}),  # up2 is folded into dec1.0
     ("unet", {"head.2": ThinConv2d, "up": NearestUpsample}),
     ("basenet", {}),
 ])
@@ -71,8 +136,8 @@ def test_speed_up_swaps_exactly_the_covered_layers_and_keeps_the_parameters(mode
     net = build_model(model)
     params_before = dict(net.named_parameters())
     keys_before = list(net.state_dict())
-    speed_up(net)
-    fast = {name: type(m) for name, m in net.named_modules() if isinstance(m, (ThinConv2d, NearestUpsample))}
+    net = speed_up(net)
+    fast = {name: type(m) for name, m in net.named_modules() if isinstance(m, FAST)}
     assert fast == swapped
     assert list(net.state_dict()) == keys_before
     assert all(p is params_before[name] for name, p in net.named_parameters()), "parameters are shared, not copied"
@@ -82,22 +147,23 @@ def test_a_model_trained_with_fast_layers_loads_into_the_plain_model_and_predict
     torch.manual_seed(0)
     a = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
     trainer = ReplicaTrainer(TrainSpec("tnet", lr=1e-3, batch_size=16, seeds=(3,)), fused=False)
-    assert trainer.fast_layers and isinstance(trainer.models[0].dec1[0], ThinConv2d)
+    assert trainer.fast_layers and isinstance(trainer.models[0].get_submodule("dec1.0"), UpConcatThinConv2d)
     trainer.train_epoch(a, a.flip(0))
     plain = trainer.replica_model(0)
-    assert not any(isinstance(m, (ThinConv2d, NearestUpsample)) for m in plain.modules())
+    assert not any(isinstance(m, FAST) for m in plain.modules())
     with torch.no_grad():
         expected = plain(a[:8].float() / 255).clamp(0, 1)
     torch.testing.assert_close(trainer.predict(a[:8])[0], expected, rtol=0, atol=1e-5)
 
 
-def test_fast_layers_train_the_same_losses_as_the_plain_layers():
+@pytest.mark.parametrize("model, hparams", [("unet", {"width": 8}), ("tnet", {}), ("tnet", {"dropout": 0.2})])
+def test_fast_layers_train_the_same_losses_as_the_plain_layers(model, hparams):
     torch.manual_seed(1)
     a = torch.randint(0, 256, (96, 3, 32, 32), dtype=torch.uint8)
     b = torch.randint(0, 256, (96, 3, 32, 32), dtype=torch.uint8)
     losses = {}
     for fast in (True, False):
-        trainer = ReplicaTrainer(TrainSpec("unet", hparams={"width": 8}, lr=1e-3, batch_size=16, seeds=(0,)),
+        trainer = ReplicaTrainer(TrainSpec(model, hparams=hparams, lr=1e-3, batch_size=16, seeds=(0,)),
                                  fused=False, fast_layers=fast)
         steps = []
         trainer.train_epoch(a, b, step_losses=steps)
