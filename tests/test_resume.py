@@ -11,24 +11,26 @@ import pytest
 
 from conftest import REPO, run_cli
 
-EPOCHS = 5
-ARGS = ["--space", "tnet", "--data", "synthetic", "--train-size", "600", "--val-size", "32", "--epochs", str(EPOCHS),
+EPOCHS = 8
+ARGS = ["--space", "tnet", "--data", "synthetic", "--train-size", "800", "--val-size", "32", "--epochs", str(EPOCHS),
         "--num-samples", "4", "--scheduler", "fifo", "--max-concurrent", "2", "--seeds", "1"]
 
 
 def interrupt_midway(storage, name, sig):
-    """Start a search, wait until trials have checkpointed, send `sig` to the driver; returns
-    its exit status, its output and the per-trial histories on disk at that moment."""
+    """Start a search, wait until a trial is early in its training, send `sig` to the driver;
+    returns its exit status, its output, and per trial the histories logged and the epochs
+    checkpointed on disk once the driver has exited."""
     experiment = storage / name
     proc = subprocess.Popen([sys.executable, str(REPO / "search" / "run.py"), *ARGS, "--storage", str(storage),
                              "--name", name], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     try:
         deadline = time.time() + 240
-        while not part_way(experiment):
+        while not any(1 <= checkpointed_epochs(trial) <= 2 and logged_epochs(trial) >= 1
+                      for trial in experiment.glob("trial_*")):
             assert time.time() < deadline, "no trial checkpointed part-way in time"
             assert proc.poll() is None, proc.communicate()[0][-3000:]
-            time.sleep(0.3)
+            time.sleep(0.2)
         os.kill(proc.pid, sig)
         output, _ = proc.communicate(timeout=120)
     finally:
@@ -38,24 +40,28 @@ def interrupt_midway(storage, name, sig):
             pass
     before = {d.name: pd.read_csv(d / "progress.csv") for d in experiment.glob("trial_*")
               if (d / "progress.csv").exists() and (d / "progress.csv").stat().st_size}
-    return proc.returncode, output, before
+    checkpointed = {d.name: checkpointed_epochs(d) for d in experiment.glob("trial_*")}
+    return proc.returncode, output, before, checkpointed
 
 
 def logged_epochs(trial):
     """Complete result rows in a trial's progress.csv so far (the driver appends one per epoch)."""
     try:
-        text = (trial / "progress.csv").read_text()
+        return max((trial / "progress.csv").read_text().count("\n") - 1, 0)
     except FileNotFoundError:
         return 0
-    return max(text.count("\n") - 1, 0)
 
 
-def part_way(experiment):
-    """Some trial has a checkpoint and its results logged for at least one epoch and at most
-    EPOCHS - 2, so that it is still part-way through when the signal lands a moment later
-    (checkpoints appear on disk before the driver logs their results, so wait for both)."""
-    return any(list(trial.glob("checkpoint_*")) and 1 <= logged_epochs(trial) <= EPOCHS - 2
-               for trial in experiment.glob("trial_*"))
+def checkpointed_epochs(trial):
+    """Epochs a trial has trained as far as its checkpoints on disk show: the trainable writes one
+    per epoch (checkpoint_000000 after epoch 1) before the driver logs that epoch's result, so this
+    runs ahead of progress.csv, and what a stopping search still trained shows up here only."""
+    indices = [int(d.name.split("_")[-1]) for d in trial.glob("checkpoint_*")]
+    return max(indices) + 1 if indices else 0
+
+
+def part_way(checkpointed):
+    return [name for name, epochs in checkpointed.items() if 0 < epochs < EPOCHS]
 
 
 def resume(storage, name):
@@ -70,47 +76,49 @@ def final_histories(experiment):
     return {d.name: pd.read_csv(d / "progress.csv") for d in trials}
 
 
+def assert_every_trial_completed_once_and_part_way_ones_continued(experiment):
+    """Every trial's history holds each epoch once, in order, with the trainer's own epoch counter
+    equal to Tune's iteration (nothing restarted at epoch 1), written by at most two processes,
+    one after the other; and some trial continued in the resumed search's new process from a
+    checkpoint, that is at an epoch after the first. (Which epoch a trial resumes at depends on
+    what the stopped driver had recorded: a checkpoint on disk whose result it never logged is
+    trained again.)"""
+    continued = []
+    for name, history in final_histories(experiment).items():
+        assert history["training_iteration"].tolist() == list(range(1, EPOCHS + 1)), f"{name} completed once"
+        assert history["epoch"].tolist() == history["training_iteration"].tolist(), name
+        assert history["trial_id"].nunique() == 1, name
+        starts = history["process_start"]
+        assert starts.is_monotonic_increasing and starts.nunique() <= 2, name
+        if starts.nunique() == 2:
+            continued.append(int(history.loc[starts == starts.max(), "epoch"].iloc[0]))
+    assert any(epoch > 1 for epoch in continued), f"no trial continued from a checkpoint: {continued}"
+
+
 def test_sigint_then_resume_finishes_every_trial_from_its_checkpoint(tmp_path):
-    rc, output, before = interrupt_midway(tmp_path, "interrupted", signal.SIGINT)
+    rc, output, _, checkpointed = interrupt_midway(tmp_path, "interrupted", signal.SIGINT)
     assert rc == 130, "an interrupted search must not claim success"
     assert "--resume" in output
-    midway = [name for name, h in before.items() if 0 < len(h) < EPOCHS]
-    assert midway, "the interrupt came while some trial was part-way through"
+    assert part_way(checkpointed), f"the interrupt came while some trial was part-way through: {checkpointed}"
     resume(tmp_path, "interrupted")
-    for name, history in final_histories(tmp_path / "interrupted").items():
-        assert history["training_iteration"].tolist() == list(range(1, EPOCHS + 1)), f"{name} completed once"
-        # the trainer's own epoch counter equals Tune's iteration: nothing restarted at epoch 1
-        assert history["epoch"].tolist() == history["training_iteration"].tolist(), name
-    for name in midway:
-        history = pd.read_csv(tmp_path / "interrupted" / name / "progress.csv")
-        had = len(before[name])
-        # the epochs after the interrupt ran in a new process, which took up the checkpoint (the
-        # first of them may still be the old process's: a result checkpointed just before the
-        # interrupt reaches progress.csv only when the resumed search logs it)
-        assert history["process_start"].iloc[-1] > history["process_start"].iloc[had - 1], name
+    assert_every_trial_completed_once_and_part_way_ones_continued(tmp_path / "interrupted")
 
 
 def test_driver_killed_with_sigkill_resumes_with_every_result_once(tmp_path):
-    rc, _, before = interrupt_midway(tmp_path, "killed", signal.SIGKILL)
+    rc, _, _, checkpointed = interrupt_midway(tmp_path, "killed", signal.SIGKILL)
     assert rc == -signal.SIGKILL
-    assert any(0 < len(h) < EPOCHS for h in before.values())
+    assert part_way(checkpointed), checkpointed
     resume(tmp_path, "killed")
-    histories = final_histories(tmp_path / "killed")
-    for name, history in histories.items():
-        # a hard kill may make a trial redo the epochs after the last saved experiment state, but
-        # each epoch's result is recorded once and the trial continued from a checkpoint
-        assert history["training_iteration"].tolist() == list(range(1, EPOCHS + 1)), name
-        assert history["epoch"].tolist() == history["training_iteration"].tolist(), name
-        assert history["trial_id"].nunique() == 1
+    assert_every_trial_completed_once_and_part_way_ones_continued(tmp_path / "killed")
 
 
 def test_damaged_checkpoints_do_not_fail_the_search(tmp_path):
     """Every checkpoint of a part-trained trial is truncated on disk: resuming warns, trains that
     trial from the start, and the search completes (see test_checkpoints.py for the fall back to
     an earlier good checkpoint)."""
-    rc, _, before = interrupt_midway(tmp_path, "damaged", signal.SIGINT)
+    rc, _, before, checkpointed = interrupt_midway(tmp_path, "damaged", signal.SIGINT)
     assert rc == 130
-    name = next(name for name, h in before.items() if 0 < len(h) < EPOCHS)
+    name = next(name for name in part_way(checkpointed) if name in before)
     for checkpoint in (tmp_path / "damaged" / name).glob("checkpoint_*/trainer.pt"):
         checkpoint.write_bytes(checkpoint.read_bytes()[: checkpoint.stat().st_size // 3])
     proc = resume(tmp_path, "damaged")
