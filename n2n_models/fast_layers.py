@@ -74,17 +74,14 @@ class _ThinConv(torch.autograd.Function):
     def forward(ctx, x, weight, bias, groups: int):
         n, cin, h, w = x.shape
         g, o, c = groups, weight.shape[0] // groups, cin // groups
-        pixels = x.permute(0, 2, 3, 1).reshape(n * h * w, g, c)  # a view for channels-last x
+        pixels = _pixels(x).view(n * h * w, g, c)
         wt = _taps_by_input(weight, g)
         taps = x.new_empty(g, 9 * o, n * h * w)
         for i in range(g):
             torch.mm(wt[i], pixels[:, i].t(), out=taps[i])
-        out = _shift_sum(taps.view(g, 3, 3, o, n, h, w).permute(1, 2, 0, 3, 4, 5, 6))  # (g, o, n, h, w)
-        if bias is not None:
-            out += bias.view(g, o, 1, 1, 1)
         ctx.save_for_backward(x, weight)
         ctx.groups, ctx.has_bias = groups, bias is not None
-        return out.permute(2, 3, 4, 0, 1).contiguous().view(n, h, w, g * o).permute(0, 3, 1, 2)
+        return _output_from_taps(taps, bias, n, h, w)
 
     @staticmethod
     def backward(ctx, grad):
@@ -105,11 +102,11 @@ class _ThinConv(torch.autograd.Function):
                 torch.mm(shifted[i].t(), wt[i], out=grad_x[:, i])
             grad_x = grad_x.view(n, h, w, cin).permute(0, 3, 1, 2)
         if ctx.needs_input_grad[1]:
-            pixels = x.permute(0, 2, 3, 1).reshape(n * h * w, g, c)
+            pixels = _pixels(x).view(n * h * w, g, c)
             grad_w = weight.new_empty(g, 9 * o, c)
             for i in range(g):
                 torch.mm(shifted[i], pixels[:, i], out=grad_w[i])
-            grad_w = grad_w.view(g, 3, 3, o, c).permute(0, 3, 4, 1, 2).reshape(weight.shape)
+            grad_w = _weight_from_taps(grad_w, weight.shape)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad.sum((0, 2, 3))
         return grad_x, grad_w, grad_b, None
@@ -119,6 +116,27 @@ def _taps_by_input(weight: torch.Tensor, groups: int) -> torch.Tensor:
     """(g * o, c, 3, 3) weights -> (g, 9 * o, c): row (ky, kx, o) of group i holds weight[o, :, ky, kx]."""
     o, c = weight.shape[0] // groups, weight.shape[1]
     return weight.view(groups, o, c, 3, 3).permute(0, 3, 4, 1, 2).reshape(groups, 9 * o, c)
+
+
+def _weight_from_taps(rows: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """The inverse of _taps_by_input: (g, 9 * o, c) -> weights of `shape` (g * o, c, 3, 3)."""
+    g, c = rows.shape[0], rows.shape[2]
+    return rows.view(g, 3, 3, -1, c).permute(0, 3, 4, 1, 2).reshape(shape)
+
+
+def _pixels(x: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) -> (N * H * W, C): one row per pixel (a view for channels-last x)."""
+    return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+
+
+def _output_from_taps(taps: torch.Tensor, bias: torch.Tensor | None, n: int, h: int, w: int) -> torch.Tensor:
+    """taps (g, 9 * o, N * H * W), row (ky, kx, o) of group i -> the convolution's output
+    (N, g * o, H, W), channels-last: the shifted sum over taps, plus the bias."""
+    g, o = taps.shape[0], taps.shape[1] // 9
+    out = _shift_sum(taps.view(g, 3, 3, o, n, h, w).permute(1, 2, 0, 3, 4, 5, 6))  # (g, o, n, h, w)
+    if bias is not None:
+        out += bias.view(g, o, 1, 1, 1)
+    return out.permute(2, 3, 4, 0, 1).contiguous().view(n, h, w, g * o).permute(0, 3, 1, 2)
 
 
 def thin_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, groups: int = 1) -> torch.Tensor:
@@ -138,18 +156,15 @@ class _UpConcatThinConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, low, skip, weight, bias, s: int):
         n, cl, hl, wl = low.shape
-        _, cs, h, w = skip.shape
+        h, w = skip.shape[2:]
         o = weight.shape[0]
-        wt = _taps_by_input(weight, 1)[0]  # (9 * o, cl + cs)
-        taps = torch.mm(wt[:, cl:], skip.permute(0, 2, 3, 1).reshape(n * h * w, cs).t())
-        taps_low = torch.mm(wt[:, :cl], low.permute(0, 2, 3, 1).reshape(n * hl * wl, cl).t())
+        wt = _taps_by_input(weight, 1)[0]  # (9 * o, all input channels)
+        taps = torch.mm(wt[:, cl:], _pixels(skip).t())
+        taps_low = torch.mm(wt[:, :cl], _pixels(low).t())
         taps.view(9 * o, n, hl, s, wl, s).add_(taps_low.view(9 * o, n, hl, 1, wl, 1))
-        out = _shift_sum(taps.view(3, 3, o, n, h, w))  # (o, n, h, w)
-        if bias is not None:
-            out += bias.view(o, 1, 1, 1)
         ctx.save_for_backward(low, skip, weight)
         ctx.s, ctx.has_bias = s, bias is not None
-        return out.permute(1, 2, 3, 0).contiguous().view(n, h, w, o).permute(0, 3, 1, 2)
+        return _output_from_taps(taps.unsqueeze(0), bias, n, h, w)
 
     @staticmethod
     def backward(ctx, grad):
@@ -167,9 +182,8 @@ class _UpConcatThinConv(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             grad_skip = torch.mm(shifted.t(), wt[:, cl:]).view(n, h, w, cs).permute(0, 3, 1, 2)
         if ctx.needs_input_grad[2]:
-            grad_wt = torch.cat([torch.mm(shifted_low, low.permute(0, 2, 3, 1).reshape(n * hl * wl, cl)),
-                                 torch.mm(shifted, skip.permute(0, 2, 3, 1).reshape(n * h * w, cs))], 1)
-            grad_w = grad_wt.view(3, 3, o, cl + cs).permute(2, 3, 0, 1).contiguous()
+            grad_wt = torch.cat([torch.mm(shifted_low, _pixels(low)), torch.mm(shifted, _pixels(skip))], 1)
+            grad_w = _weight_from_taps(grad_wt.unsqueeze(0), weight.shape)
         if ctx.has_bias and ctx.needs_input_grad[3]:
             grad_b = grad.sum((0, 2, 3))
         return grad_low, grad_skip, grad_w, grad_b, None
@@ -243,7 +257,12 @@ class NearestUpsample(nn.Module):
         return f"scale_factor={self.scale_factor}"
 
 
-def _integer_nearest(m: nn.Upsample) -> int | None:
+def _integer_nearest(m: nn.Module) -> int | None:
+    """The integer factor of a nearest upsample (nn.Upsample or NearestUpsample), else None."""
+    if type(m) is NearestUpsample:
+        return m.scale_factor
+    if type(m) is not nn.Upsample:
+        return None
     s = m.scale_factor
     if m.mode != "nearest" or m.size is not None or s is None:
         return None
@@ -289,9 +308,8 @@ def fuse_upsample_concat(model: nn.Module) -> nn.Module:
         if dim not in (1, -3) or not isinstance(parts, (list, tuple)) or len(parts) != 2:
             continue
         up, skip = parts
-        upsample = gm.get_submodule(up.target) if isinstance(up, torch.fx.Node) and up.op == "call_module" else None
-        scale = (upsample.scale_factor if type(upsample) is NearestUpsample
-                 else _integer_nearest(upsample) if type(upsample) is nn.Upsample else None)
+        is_module = isinstance(up, torch.fx.Node) and up.op == "call_module"
+        scale = _integer_nearest(gm.get_submodule(up.target)) if is_module else None
         if not scale or len(up.users) != 1 or len(up.args) != 1:
             continue
         fast = UpConcatThinConv2d(conv.in_channels, conv.out_channels, 3, padding=1, bias=conv.bias is not None,

@@ -20,6 +20,16 @@ def _grads(out, inputs, grad_out):
     return torch.autograd.grad(out, inputs, grad_out)
 
 
+def _assert_matches_float64(ours, exact, inputs, grad_out):
+    """`ours` (float32, from `inputs`) is channels-last and within float rounding of the float64
+    truth `exact` (from the same inputs in float64), in value and in every input's gradient."""
+    exact_grads = _grads(exact, inputs, grad_out.double())
+    assert ours.dtype == torch.float32 and ours.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(ours.double(), exact, rtol=1e-5, atol=1e-5)
+    for got, want in zip(_grads(ours, inputs, grad_out), exact_grads):
+        torch.testing.assert_close(got.double(), want.double(), rtol=1e-5, atol=1e-4)
+
+
 @pytest.mark.parametrize("groups, cin, cout, bias, channels_last", [
     (1, 32, 3, True, True),    # TNet's dec1, UNet's last layer
     (5, 32, 3, True, True),    # five fused replicas of it
@@ -36,12 +46,7 @@ def test_thin_convolution_matches_conv2d_in_value_and_every_gradient(groups, cin
     grad_out = torch.randn(3, groups * cout, 9, 7)
     # the truth in float64; both float32 computations must be within float rounding of it
     exact = F.conv2d(x.double(), w.double(), None if b is None else b.double(), padding=1, groups=groups)
-    exact_grads = _grads(exact, inputs, grad_out.double())
-    ours = thin_conv2d(x, w, b, groups)
-    assert ours.dtype == torch.float32 and ours.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(ours.double(), exact, rtol=1e-5, atol=1e-5)
-    for got, want in zip(_grads(ours, inputs, grad_out), exact_grads):
-        torch.testing.assert_close(got.double(), want.double(), rtol=1e-5, atol=1e-4)
+    _assert_matches_float64(thin_conv2d(x, w, b, groups), exact, inputs, grad_out)
 
 
 def test_thin_convolution_falls_back_to_conv2d_under_autocast():
@@ -69,13 +74,7 @@ def test_upsample_concat_thin_convolution_matches_the_three_layers_in_value_and_
     grad_out = torch.randn(3, 3, 12, 16)
     up = F.interpolate(low.double(), scale_factor=scale, mode="nearest")
     exact = F.conv2d(torch.cat([up, skip.double()], 1), w.double(), None if b is None else b.double(), padding=1)
-    exact_grads = _grads(exact, inputs, grad_out.double())
-    ours = up_concat_thin_conv2d(low, skip, w, b, scale)
-    assert ours.dtype == torch.float32 and ours.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(ours.double(), exact, rtol=1e-5, atol=1e-5)
-    for got, want in zip(_grads(ours, inputs, grad_out), exact_grads):
-        assert got.shape == want.shape
-        torch.testing.assert_close(got.double(), want.double(), rtol=1e-5, atol=1e-4)
+    _assert_matches_float64(up_concat_thin_conv2d(low, skip, w, b, scale), exact, inputs, grad_out)
 
 
 def test_upsample_concat_thin_convolution_falls_back_to_the_plain_layers_under_autocast():
