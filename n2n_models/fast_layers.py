@@ -161,7 +161,12 @@ class _UpConcatThinConv(torch.autograd.Function):
         wt = _taps_by_input(weight, 1)[0]  # (9 * o, all input channels)
         taps = torch.mm(wt[:, cl:], _pixels(skip).t())
         taps_low = torch.mm(wt[:, :cl], _pixels(low).t())
-        taps.view(9 * o, n, hl, s, wl, s).add_(taps_low.view(9 * o, n, hl, 1, wl, 1))
+        # one strided add per position in the s x s block: a broadcasting add over the block's
+        # size-s dimensions runs element by element (2-3 times slower, measured at s = 2)
+        blocks, taps_low = taps.view(9 * o, n, hl, s, wl, s), taps_low.view(9 * o, n, hl, wl)
+        for i in range(s):
+            for j in range(s):
+                blocks[:, :, :, i, :, j].add_(taps_low)
         ctx.save_for_backward(low, skip, weight)
         ctx.s, ctx.has_bias = s, bias is not None
         return _output_from_taps(taps.unsqueeze(0), bias, n, h, w)

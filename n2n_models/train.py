@@ -8,7 +8,8 @@ replica trains the same numbers fused or alone. What makes the loop fast without
 math (measured in docs/benchmarks.md): channels-last activations on CPU, where oneDNN
 convolutions run about 1.7 times as fast as in the default layout, Adam's fused kernel, on CPU the
 layers of n2n_models.fast_layers (thin 3x3 convolutions as matrix products, TNet's upsample-and-
-concatenate read at low resolution, a faster nearest-upsample backward), and no host
+concatenate read at low resolution, a faster nearest-upsample backward), freed memory kept in
+the process's heap instead of page-faulting back every step (n2n_models.allocator), and no host
 synchronisation inside an epoch.
 """
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import build_model
+from .allocator import keep_freed_memory
 from .fast_layers import speed_up, thin_conv2d, thin_conv_applies
 from .losses import get_loss
 from .metrics import psnr_per_image
@@ -216,6 +218,7 @@ class ReplicaTrainer:
         self.fast_layers = self.device.type == "cpu" if fast_layers is None else bool(fast_layers)
         self.loss_fn = get_loss(spec.loss)
         self.epoch = 0
+        keep_freed_memory()  # process-wide, once
         models = [init_replica(spec, s) for s in spec.seeds]
         if self.fused:
             self.net = group_replicas(models).to(self.device)
