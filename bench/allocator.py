@@ -19,9 +19,14 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from n2n_models.allocator import is_user_malloc_setting  # noqa: E402
+
 CHILD = """
 import resource, statistics, sys, time, torch
 sys.path.insert(0, {root!r})
+from n2n_models.allocator import keep_freed_memory
 from n2n_models.data import load_pairs
 from n2n_models.train import ReplicaTrainer, TrainSpec
 torch.set_num_threads({threads})
@@ -29,23 +34,27 @@ pairs = load_pairs("synthetic", "pixelate", train_size={n}, val_size=8, seed=3)
 trainer = ReplicaTrainer(TrainSpec(model={model!r}, batch_size=32, seeds=(0,)))
 trainer.train_epoch(pairs.train_a, pairs.train_b)
 times, before = [], resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(3):
+for _ in range({epochs}):
     t0 = time.perf_counter(); trainer.train_epoch(pairs.train_a, pairs.train_b)
     times.append(time.perf_counter() - t0)
 faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-print(statistics.median(times) / {steps} * 1e3, faults / (3 * {steps}))
+print(statistics.median(times) / {steps} * 1e3, faults / ({epochs} * {steps}), keep_freed_memory())
 """
 
 
-def measure(model: str, threads: int, keep: bool) -> tuple[float, float]:
-    n = 1024 if model == "tnet" else 256
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "GLIBC_TUNABLES"))}
+def measure(model: str, threads: int, keep: bool, train_size: int | None = None,
+            epochs: int = 3) -> tuple[float, float, bool]:
+    """In a fresh process: ms per step and page faults per step of `epochs` epochs after a warm-up
+    epoch (batch 32), and whether the setting was in force. keep=False sets a harmless
+    GLIBC_TUNABLES entry, so malloc keeps glibc's defaults."""
+    n = train_size or (1024 if model == "tnet" else 256)
+    env = {k: v for k, v in os.environ.items() if not is_user_malloc_setting(k)}
     if not keep:
         env["GLIBC_TUNABLES"] = "glibc.malloc.check=0"
-    code = CHILD.format(root=str(ROOT), threads=threads, n=n, model=model, steps=n // 32)
+    code = CHILD.format(root=str(ROOT), threads=threads, n=n, model=model, steps=n // 32, epochs=epochs)
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    ms, faults = map(float, done.stdout.split())
-    return ms, faults
+    ms, faults, applied = done.stdout.split()
+    return float(ms), float(faults), applied == "True"
 
 
 def main(argv=None) -> int:

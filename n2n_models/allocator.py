@@ -12,26 +12,26 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import platform
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameter numbers (malloc.h)
 MMAP_THRESHOLD = 32 << 20  # the largest glibc accepts: blocks up to 32 MB come from the heap
 TRIM_THRESHOLD = 256 << 20  # free memory kept at the top of the heap before it goes back
-_USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "GLIBC_TUNABLES")
-
-_applied: bool | None = None
 
 
+def is_user_malloc_setting(name: str) -> bool:
+    """Whether environment variable `name` tunes glibc malloc (MALLOC_* or GLIBC_TUNABLES)."""
+    return name.startswith("MALLOC_") or name == "GLIBC_TUNABLES"
+
+
+@functools.cache
 def keep_freed_memory() -> bool:
     """Set the thresholds above for this process, once; True when they are in force. Leaves malloc
     alone (False) off glibc and where the user tunes malloc through its environment variables."""
-    global _applied
-    if _applied is None:
-        _applied = False
-        if (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
-                and not any(v in os.environ for v in _USER_SETTINGS)):
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-            _applied = bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
-                            and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
-    return _applied
+    if (platform.system() != "Linux" or platform.libc_ver()[0] != "glibc"
+            or any(map(is_user_malloc_setting, os.environ))):
+        return False
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))

@@ -12,11 +12,11 @@ from torch import nn
 from n2n_models.data import load_pairs
 from n2n_models.train import NotGroupable, ReplicaTrainer, TrainSpec, fused_by_default, group_replicas
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "throughput.py"
+BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_throughput", BENCH)
+def _bench(name: str = "throughput.py"):
+    spec = importlib.util.spec_from_file_location(f"bench_{Path(name).stem}", BENCH / name)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -111,40 +111,14 @@ def test_mixed_precision_trains_on_cpu_with_bfloat16_close_to_float32(pairs):
     assert (psnr_amp - psnr_full).abs().max() < 0.3, (psnr_amp, psnr_full)
 
 
-_FAULTS_PER_STEP = """
-import resource, torch
-from n2n_models.allocator import keep_freed_memory
-from n2n_models.data import load_pairs
-from n2n_models.train import ReplicaTrainer, TrainSpec
-torch.set_num_threads(1)
-pairs = load_pairs("synthetic", "pixelate", train_size=640, val_size=8, seed=3)
-trainer = ReplicaTrainer(TrainSpec(model="tnet", batch_size=32, seeds=(0,)))
-trainer.train_epoch(pairs.train_a, pairs.train_b)  # the heap grows to its peak
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-trainer.train_epoch(pairs.train_a, pairs.train_b)
-print(keep_freed_memory(), (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 20)
-"""
-
-
-def _faults_per_step(env_extra: dict) -> tuple[str, float]:
-    import os
-    import subprocess
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "GLIBC_TUNABLES"))}
-    done = subprocess.run([sys.executable, "-c", _FAULTS_PER_STEP], env={**env, **env_extra},
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    applied, faults = done.stdout.split()
-    return applied, float(faults)
-
 
 @pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="the malloc settings are glibc's")
 def test_training_steps_reuse_freed_memory_instead_of_page_faulting_and_user_malloc_settings_win():
-    applied, faults = _faults_per_step({})
-    assert applied == "True"
+    measure = _bench("allocator.py").measure  # a fresh process: the setting is process-wide
+    _, faults, applied = measure("tnet", 1, keep=True, train_size=640, epochs=1)
+    assert applied
     assert faults < 50, f"{faults:.0f} page faults per TNet step"
     # a user's own malloc tuning is left alone; glibc's defaults then fault ~1,000 times a step
-    applied, faults_by_default = _faults_per_step({"GLIBC_TUNABLES": "glibc.malloc.check=0"})
-    assert applied == "False"
+    _, faults_by_default, applied = measure("tnet", 1, keep=False, train_size=640, epochs=1)
+    assert not applied
     assert faults_by_default > 5 * max(faults, 1)
