@@ -48,11 +48,13 @@ class ReferenceLoop:
     project's data order (`data_order(seed, epoch)`) so that both loops see the same batches."""
 
     def __init__(self, model: str, hparams: dict, seed: int, train_a: torch.Tensor, train_b: torch.Tensor,
-                 batch_size: int, lr: float = LR):
+                 batch_size: int, lr: float = LR, device="cpu"):
         torch.manual_seed(seed)
-        self.model = build_model(model, **hparams)
+        self.device = torch.device(device)
+        self.model = build_model(model, **hparams).to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr)
-        self.a, self.b = train_a.float(), train_b.float()  # the data set as float, 0-255
+        # the data set as float, 0-255, in host memory; each batch is moved to the device
+        self.a, self.b = train_a.cpu().float(), train_b.cpu().float()
         self.seed, self.batch_size, self.epoch = seed, batch_size, 0
 
     def train_epoch(self) -> list[torch.Tensor]:
@@ -62,8 +64,8 @@ class ReferenceLoop:
         self.model.train()
         losses = []
         for start in range(0, len(a), self.batch_size):
-            x = a[start:start + self.batch_size] / 255
-            y = b[start:start + self.batch_size] / 255
+            x = a[start:start + self.batch_size].to(self.device) / 255
+            y = b[start:start + self.batch_size].to(self.device) / 255
             loss = torch.nn.functional.mse_loss(self.model(x), y)
             self.optimizer.zero_grad()
             loss.backward()
@@ -280,25 +282,29 @@ def fused_vs_sequential(pairs, k: int, steps: int, rounds: int):
     print(f"largest difference of fused and sequential epoch losses: {same:.1e}")
 
 
-def amp_effect(epochs: int, seeds: int):
-    """Validation PSNR after `epochs` epochs of TNet on photos + pixelate, float32 vs bfloat16."""
-    photos = load_pairs("photos", "pixelate", train_size=4000, val_size=500, seed=0)
+def amp_effect(epochs: int, seeds: int, device="cpu", model: str = "tnet", fused: bool = False,
+               train_size: int = 4000):
+    """Validation PSNR after `epochs` epochs of `model` on photos + pixelate, float32 vs autocast
+    (bfloat16, or float16 on GPUs without it), same seeds, on `device`."""
+    photos = load_pairs("photos", "pixelate", train_size=train_size, val_size=500, seed=0)
+    a, b = photos.train_a.to(device), photos.train_b.to(device)
     out = {}
     for amp in (False, True):
-        trainer = ReplicaTrainer(TrainSpec("tnet", lr=1e-3, batch_size=32, epochs=epochs, seeds=range(seeds),
-                                           amp=amp), fused=False)
+        trainer = ReplicaTrainer(TrainSpec(model, lr=1e-3, batch_size=32, epochs=epochs, seeds=range(seeds),
+                                           amp=amp), device=device, fused=fused)
         t = time.perf_counter()
         for _ in range(epochs):
-            trainer.train_epoch(photos.train_a, photos.train_b)
+            trainer.train_epoch(a, b)
         out[amp] = (trainer.evaluate(photos.val_noisy, photos.val_clean), time.perf_counter() - t)
+        half_name = str(trainer._autocast_dtype).removeprefix("torch.")
     (full, t_full), (half, t_half) = out[False], out[True]
-    print(f"\nMixed precision: TNet, photos + pixelate, 4000 pairs, {epochs} epochs, lr 1e-3, seeds 0-{seeds - 1} "
-          f"({load_line()})")
+    print(f"\nMixed precision: {model}, photos + pixelate, {train_size} pairs, {epochs} epochs, lr 1e-3, "
+          f"seeds 0-{seeds - 1}, {'fused' if fused else 'sequential'} replicas ({load_line()})")
     print(f"float32:  PSNR {full.mean():.3f} dB (per seed {', '.join(f'{v:.3f}' for v in full)}), "
-          f"training {t_full:.0f} s")
-    print(f"bfloat16: PSNR {half.mean():.3f} dB (per seed {', '.join(f'{v:.3f}' for v in half)}), "
-          f"training {t_half:.0f} s")
-    print(f"difference (bfloat16 - float32): {(half - full).mean():+.3f} dB mean, "
+          f"training {t_full:.1f} s")
+    print(f"{half_name + ':':9s} PSNR {half.mean():.3f} dB (per seed {', '.join(f'{v:.3f}' for v in half)}), "
+          f"training {t_half:.1f} s")
+    print(f"difference ({half_name} - float32): {(half - full).mean():+.3f} dB mean, "
           f"{(half - full).abs().max():.3f} dB largest; time ratio {t_full / t_half:.2f}x")
 
 

@@ -10,7 +10,9 @@ convolutions run about 1.7 times as fast as in the default layout, Adam's fused 
 layers of n2n_models.fast_layers (thin 3x3 convolutions as matrix products, TNet's upsample-and-
 concatenate read at low resolution, a faster nearest-upsample backward), freed memory kept in
 the process's heap instead of page-faulting back every step (n2n_models.allocator), and no host
-synchronisation inside an epoch.
+synchronisation inside an epoch. On GPUs, where a small model's step waits on Python launching
+its kernels one by one, each step is replayed from a CUDA graph (the same kernels, launched at
+once) and seed replicas are fused.
 """
 from __future__ import annotations
 
@@ -70,7 +72,7 @@ def data_order(seed: int, epoch: int, n: int, device) -> torch.Tensor:
 
 def prefers_channels_last(device: torch.device) -> bool:
     """Channels-last activations where measured faster: CPU (oneDNN). GPUs keep the default
-    layout until measured there."""
+    layout: channels-last was 0.85-1.02x there (H100, docs/benchmarks.md)."""
     return torch.device(device).type == "cpu"
 
 
@@ -205,19 +207,46 @@ def from_groups(x: torch.Tensor, k: int) -> torch.Tensor:
 
 
 # -- the trainer ----------------------------------------------------------------------------------
+GRAPH_WARM_UP = 3  # eager steps before a training step is captured as a CUDA graph
+
+
+@dataclasses.dataclass
+class _StepGraph:
+    """A captured training step: replaying `graph` trains on the pairs `idx` picks and writes the
+    replicas' losses into `losses`. `key`: the data tensors and batch shape it was captured for."""
+
+    key: tuple
+    graph: "torch.cuda.CUDAGraph"
+    idx: torch.Tensor
+    losses: torch.Tensor
+
 
 class ReplicaTrainer:
     """Trains `spec.seeds` replicas of `spec` on `device`; `fused=None` fuses them where that is
     faster (`fused_by_default`: on GPUs). `fast_layers=None` swaps in n2n_models.fast_layers on CPU
-    (same math, faster there); False keeps the model's own layers."""
+    (same math, faster there); False keeps the model's own layers. `cuda_graphs=None` replays full
+    batches' steps from a CUDA graph where it can (a CUDA device and the data on it, any loss but
+    the annealed l0, no float16 loss scaling); False keeps every step eager."""
 
-    def __init__(self, spec: TrainSpec, device="cpu", fused: bool | None = None, fast_layers: bool | None = None):
+    def __init__(self, spec: TrainSpec, device="cpu", fused: bool | None = None, fast_layers: bool | None = None,
+                 cuda_graphs: bool | None = None):
         self.spec, self.device = spec, torch.device(device)
         self.fused = fused_by_default(self.device, len(spec.seeds)) if fused is None else bool(fused)
         self.channels_last = prefers_channels_last(self.device)
         self.fast_layers = self.device.type == "cpu" if fast_layers is None else bool(fast_layers)
         self.loss_fn = get_loss(spec.loss)
         self.epoch = 0
+        self._autocast_dtype = (torch.bfloat16 if self.device.type != "cuda" or torch.cuda.is_bf16_supported()
+                                else torch.float16)
+        self._scaler = (torch.amp.GradScaler("cuda") if spec.amp and self._autocast_dtype == torch.float16
+                        else None)
+        graphable = self.device.type == "cuda" and spec.loss != "l0" and self._scaler is None
+        if cuda_graphs and not graphable:
+            raise ValueError("cuda_graphs needs a CUDA device, a loss other than the annealed l0 (its exponent "
+                             "changes every step) and no float16 loss scaling")
+        self.cuda_graphs = graphable if cuda_graphs is None else bool(cuda_graphs)
+        self._graph: _StepGraph | None = None
+        self._eager_steps = 0
         keep_freed_memory()  # process-wide, once
         models = [init_replica(spec, s) for s in spec.seeds]
         if self.fused:
@@ -234,14 +263,12 @@ class ReplicaTrainer:
             self.optimizers = [self._adam(m.parameters()) for m in self.models]
             if self.fast_layers:
                 self.models = [speed_up(m) for m in self.models]
-        self._autocast_dtype = (torch.bfloat16 if self.device.type != "cuda" or torch.cuda.is_bf16_supported()
-                                else torch.float16)
-        self._scaler = (torch.amp.GradScaler("cuda") if spec.amp and self._autocast_dtype == torch.float16
-                        else None)
 
     def _adam(self, params):
-        # Adam's fused kernel: one pass over each tensor instead of a dozen (same update rule)
-        return torch.optim.Adam(params, lr=self.spec.lr, fused=self.device.type in ("cpu", "cuda"))
+        # Adam's fused kernel: one pass over each tensor instead of a dozen (same update rule);
+        # capturable keeps its step count on the GPU, so that a CUDA graph can replay it
+        return torch.optim.Adam(params, lr=self.spec.lr, fused=self.device.type in ("cpu", "cuda"),
+                                capturable=self.cuda_graphs)
 
     @property
     def k(self) -> int:
@@ -250,7 +277,8 @@ class ReplicaTrainer:
     def _autocast(self):
         if not self.spec.amp:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self._autocast_dtype)
+        # a captured step must not keep autocast's cache of cast weights (PyTorch's CUDA-graph notes)
+        return torch.autocast(self.device.type, dtype=self._autocast_dtype, cache_enabled=not self.cuda_graphs)
 
     def _layout(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
@@ -270,19 +298,58 @@ class ReplicaTrainer:
         orders = torch.stack([data_order(s, self.epoch, n, self.device) for s in self.spec.seeds])
         self._set_mode(True)
         total = torch.zeros(self.k, device=self.device)
+        graphs = self.cuda_graphs and train_a.is_cuda and train_b.is_cuda
         for step in range(steps):
             progress = (self.epoch + step / steps) / epochs
             idx = orders[:, step * bs:(step + 1) * bs]
-            if self.fused:
-                losses = self._fused_step(train_a[idx], train_b[idx], progress)
+            if graphs and idx.shape[1] == bs:
+                losses = self._graphed_step(train_a, train_b, idx)
             else:
-                losses = torch.stack([self._step(i, train_a[idx[i]], train_b[idx[i]], progress)
-                                      for i in range(self.k)])
+                losses = self._train_step(train_a, train_b, idx, progress)
             total += losses * idx.shape[1]
             if step_losses is not None:
                 step_losses.append(losses)
         self.epoch += 1
         return (total / min(n, steps * bs)).cpu()
+
+    def _train_step(self, train_a: torch.Tensor, train_b: torch.Tensor, idx: torch.Tensor,
+                    progress: float) -> torch.Tensor:
+        """One Adam step of every replica on the pairs that `idx` (K, B) picks; their losses, (K,)."""
+        if self.fused:
+            return self._fused_step(train_a[idx], train_b[idx], progress)
+        return torch.stack([self._step(i, train_a[idx[i]], train_b[idx[i]], progress) for i in range(self.k)])
+
+    def _graphed_step(self, train_a: torch.Tensor, train_b: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """`_train_step` replayed from a CUDA graph of the whole step (gather, forward, backward, Adam):
+        the same kernels on the same memory, launched by one call instead of one by one from Python,
+        which is what a small model's step on a GPU waits for (docs/benchmarks.md, GPU figures).
+        The first GRAPH_WARM_UP steps run eagerly on a side stream (lazy initialisation must not be
+        captured); then the step is captured once per data tensors and batch shape, and each later
+        step copies its indices into the graph's input and replays it."""
+        key = (train_a.data_ptr(), train_b.data_ptr(), train_a.shape, train_b.shape, idx.shape)
+        if self._graph is None or self._graph.key != key:
+            if self._eager_steps < GRAPH_WARM_UP:
+                self._eager_steps += 1
+                side, main = torch.cuda.Stream(self.device), torch.cuda.current_stream(self.device)
+                side.wait_stream(main)
+                with torch.cuda.stream(side):
+                    losses = self._train_step(train_a, train_b, idx, 0.0)
+                main.wait_stream(side)
+                return losses
+            self._graph = None  # let the previous graph's memory go first
+            self._graph = self._capture(key, train_a, train_b, idx.shape)
+        self._graph.idx.copy_(idx)
+        self._graph.graph.replay()
+        return self._graph.losses.clone()
+
+    def _capture(self, key, train_a: torch.Tensor, train_b: torch.Tensor, idx_shape) -> "_StepGraph":
+        idx = torch.zeros(idx_shape, dtype=torch.long, device=self.device)
+        for opt in self.optimizers:  # backward then writes the gradients into the graph's own memory
+            opt.zero_grad(set_to_none=True)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):  # records the kernels; nothing runs until replay
+            losses = self._train_step(train_a, train_b, idx, 0.0)
+        return _StepGraph(key, graph, idx, losses)
 
     def _step(self, i: int, a: torch.Tensor, b: torch.Tensor, progress: float) -> torch.Tensor:
         """One Adam step of replica i on uint8 batches (B, C, H, W); its loss, detached."""
@@ -381,4 +448,5 @@ class ReplicaTrainer:
                 model.load_state_dict(replica)
         for opt, opt_state in zip(self.optimizers, state["optimizers"]):
             opt.load_state_dict(opt_state)
+        self._graph = None  # the optimiser's state tensors are new: capture the step again
         self.epoch = int(state["epoch"])
