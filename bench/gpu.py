@@ -56,6 +56,7 @@ from n2n_models.data import load_pairs  # noqa: E402
 from n2n_models.train import ReplicaTrainer, TrainSpec  # noqa: E402
 
 med = statistics.median
+SECTIONS = ("peak", "loops", "fused", "ingredients", "fractional", "search", "amp")
 LR = tp.LR  # a plain number: Ray's workers get it by value (they cannot import bench/throughput.py)
 
 
@@ -303,7 +304,7 @@ def search(device, gpus_per_trial: float, extra: list[str]):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sections", default="peak,loops,fused,ingredients,fractional,search,amp")
+    ap.add_argument("--sections", default=",".join(SECTIONS))
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--models", default="tnet,basenet,unet")
     ap.add_argument("--batch-sizes", default="32,128,512")
@@ -315,8 +316,16 @@ def main(argv=None):
                     "default,reduce-overhead (compiling takes 5-20 s each)")
     ap.add_argument("--quick", action="store_true", help="a smoke run: few steps, small data")
     args = ap.parse_args(argv)
-    device = torch.device(args.device)
     sections = args.sections.split(",")
+    unknown = [x for x in sections if x not in SECTIONS]
+    if unknown:
+        ap.error(f"unknown section {unknown[0]!r}; choose from {', '.join(SECTIONS)}")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        ap.error(f"--device {args.device!r} is not a device (cuda, cuda:1 or cpu)")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: this machine has no CUDA GPU (run with --device cpu to test the script)")
     q = args.quick
     models = args.models.split(",")
     print(describe(device), flush=True)
@@ -349,8 +358,6 @@ def main(argv=None):
                 for model in [m for m in ("tnet", "unet") if m in models]:
                     tp.amp_effect(1 if q else 5, 3, device=device, model=model, fused=device.type == "cuda",
                                   train_size=256 if q else 4000)
-            else:
-                raise SystemExit(f"error: unknown section {section!r}")
         except Exception:  # noqa: BLE001 - one section's failure must not lose the others' figures
             failed.append(section)
             print(f"\nsection {section} failed:\n{traceback.format_exc()}", flush=True)
