@@ -17,6 +17,7 @@ once) and seed replicas are fused.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import math
 import operator
@@ -428,11 +429,13 @@ class ReplicaTrainer:
         return model.eval()
 
     def state_dict(self) -> dict:
+        """A snapshot: copies, which later training leaves as they are (an optimiser's own
+        state_dict holds its live tensors, which the next step changes in place)."""
         return {
             "epoch": self.epoch,
             "fused": self.fused,
             "replicas": self.replica_state_dicts(),
-            "optimizers": [o.state_dict() for o in self.optimizers],
+            "optimizers": [copy.deepcopy(o.state_dict()) for o in self.optimizers],
         }
 
     def load_state_dict(self, state: dict):
@@ -448,5 +451,7 @@ class ReplicaTrainer:
                 model.load_state_dict(replica)
         for opt, opt_state in zip(self.optimizers, state["optimizers"]):
             opt.load_state_dict(opt_state)
+            for group in opt.param_groups:  # a checkpoint from another device brings its own setting
+                group["capturable"] = self.cuda_graphs
         self._graph = None  # the optimiser's state tensors are new: capture the step again
         self.epoch = int(state["epoch"])

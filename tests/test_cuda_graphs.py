@@ -18,6 +18,25 @@ def test_cuda_graphs_are_refused_where_a_step_cannot_be_captured():
         ReplicaTrainer(TrainSpec("tnet"), device="cpu", cuda_graphs=True)
 
 
+def test_a_checkpoint_from_another_device_keeps_this_trainers_optimiser_setting():
+    """A checkpoint holds its optimiser's `capturable` setting: True from a GPU trainer with CUDA
+    graphs, False from a CPU one. A CUDA graph cannot capture an Adam step that is not capturable,
+    so a trial retried or resumed on another kind of node must keep its own setting (here: a GPU
+    checkpoint resumed on a CPU; the reverse needs a GPU) and train on exactly."""
+    pairs = load_pairs("synthetic", "pixelate", train_size=96, val_size=4, seed=1)
+    spec = TrainSpec("tnet", lr=1e-3, batch_size=32, epochs=2, seeds=(0,))
+    straight = ReplicaTrainer(spec, device="cpu")
+    straight.train_epoch(pairs.train_a, pairs.train_b)
+    state = straight.state_dict()
+    for group in state["optimizers"][0]["param_groups"]:
+        group["capturable"] = True  # what ReplicaTrainer(spec, device="cuda") writes
+    resumed = ReplicaTrainer(spec, device="cpu")
+    resumed.load_state_dict(state)
+    assert all(g["capturable"] is False for g in resumed.optimizers[0].param_groups)
+    got = resumed.train_epoch(pairs.train_a, pairs.train_b)
+    assert torch.equal(got, straight.train_epoch(pairs.train_a, pairs.train_b))
+
+
 @pytest.fixture(scope="module")
 def pairs():
     p = load_pairs("synthetic", "pixelate", train_size=8 * 32 + 5, val_size=16, seed=3)  # a partial last batch
