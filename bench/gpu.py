@@ -34,9 +34,7 @@ which is how it is tested; the figures it prints then say nothing about GPUs.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -52,35 +50,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import throughput as tp  # noqa: E402  (bench/throughput.py: reference loop, alternation, FLOPs)
 
+from analysis.load import read_results  # noqa: E402
 from n2n_models.data import load_pairs  # noqa: E402
 from n2n_models.train import ReplicaTrainer, TrainSpec  # noqa: E402
 
-med = statistics.median
 SECTIONS = ("peak", "loops", "fused", "ingredients", "fractional", "search", "amp")
 LR = tp.LR  # a plain number: Ray's workers get it by value (they cannot import bench/throughput.py)
 
 
-def synced(run, device: torch.device):
-    """`run`, then wait for the device: GPU work is asynchronous and the clock must see it end."""
-    if device.type != "cuda":
-        return run
-
-    def run_and_wait():
-        run()
-        torch.cuda.synchronize(device)
-    return run_and_wait
-
-
 def timed(run, device, repeats: int = 10) -> float:
     """Median seconds of `run` after one warm-up."""
-    run = synced(run, device)
-    run()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - t)
-    return med(times)
+    return tp.med(tp.side_by_side({"run": tp.synced(run, device)}, repeats)["run"])
 
 
 # -- peak -----------------------------------------------------------------------------------------
@@ -131,18 +111,12 @@ def synthetic(n: int, device):
 def loops(device, models, batch_sizes, rounds, images, tf32_peak):
     print(f"\n{'model':8s} {'batch':>5s} {'ref img/s':>10s} {'ours img/s':>11s} {'speed-up':>9s} "
           f"{'ms/step':>8s} {'TF32 peak':>9s}   max rel. loss diff", flush=True)
+    all_a, all_b = synthetic(max(images, 4 * max(batch_sizes)), device)
     for model in models:
         for bs in batch_sizes:
             n = max(bs * 4, images // bs * bs)
-            a, b = synthetic(n, device)
-            ref = tp.ReferenceLoop(model, {}, 0, a, b, bs, device=device)
-            ours = ReplicaTrainer(TrainSpec(model, lr=tp.LR, batch_size=bs, seeds=(0,)), device=device, fused=False)
-            ref_losses, our_losses = ref.train_epoch(), []
-            ours.train_epoch(a, b, step_losses=our_losses)
-            diff = max(abs(float(r) - float(o)) / float(r) for r, o in zip(ref_losses, our_losses))
-            times = tp.side_by_side({"reference": synced(ref.train_epoch, device),
-                                     "project": synced(lambda: ours.train_epoch(a, b), device)}, rounds)
-            ips = {k: n / med(v) for k, v in times.items()}
+            times, diff = tp.reference_and_project(all_a[:n], all_b[:n], model, bs, rounds, device)
+            ips = {k: n / tp.med(v) for k, v in times.items()}
             flops = tp.training_flops(model, {}, bs)
             share = flops / bs * ips["project"] / 1e12 / tf32_peak
             print(f"{model:8s} {bs:5d} {ips['reference']:10.0f} {ips['project']:11.0f} "
@@ -159,17 +133,17 @@ def fused(device, models, seeds, rounds, steps):
           f"max diff of epoch losses", flush=True)
     for model in models:
         for k in seeds:
-            spec = TrainSpec(model, lr=tp.LR, batch_size=bs, seeds=tuple(range(k)))
+            spec = TrainSpec(model, lr=LR, batch_size=bs, seeds=tuple(range(k)))
             seq = ReplicaTrainer(spec, device=device, fused=False)
             fus = ReplicaTrainer(spec, device=device, fused=True)
             fus_eager = ReplicaTrainer(spec, device=device, fused=True, cuda_graphs=False)
             same = (fus.train_epoch(a, b) - seq.train_epoch(a, b)).abs().max().item()
-            times = tp.side_by_side({"seq": synced(lambda: seq.train_epoch(a, b), device),
-                                     "fused": synced(lambda: fus.train_epoch(a, b), device),
-                                     "eager": synced(lambda: fus_eager.train_epoch(a, b), device)}, rounds)
-            ips = {name: k * n / med(v) for name, v in times.items()}
+            times = tp.side_by_side({"seq": tp.synced(lambda: seq.train_epoch(a, b), device),
+                                     "fused": tp.synced(lambda: fus.train_epoch(a, b), device),
+                                     "eager": tp.synced(lambda: fus_eager.train_epoch(a, b), device)}, rounds)
+            ips = {name: k * n / tp.med(v) for name, v in times.items()}
             print(f"{model:8s} {k:3d} {ips['seq']:11.0f} {ips['fused']:11.0f} {ips['fused'] / ips['seq']:8.2f}x "
-                  f"{1e3 * med(times['fused']) / steps:13.2f} {ips['eager']:12.0f}   {'':71s} {same:.1e}", flush=True)
+                  f"{1e3 * tp.med(times['fused']) / steps:13.2f} {ips['eager']:12.0f}   {'':71s} {same:.1e}", flush=True)
             del seq, fus, fus_eager
             if device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -180,8 +154,8 @@ def ingredients(device, models, rounds, steps, compile_modes):
     bs, n = 32, steps * 32
     a, b = synthetic(n, device)
     for model in models:
-        spec = TrainSpec(model, lr=tp.LR, batch_size=bs, seeds=(0,))
-        amp_spec = TrainSpec(model, lr=tp.LR, batch_size=bs, seeds=(0,), amp=True)
+        spec = TrainSpec(model, lr=LR, batch_size=bs, seeds=(0,))
+        amp_spec = TrainSpec(model, lr=LR, batch_size=bs, seeds=(0,), amp=True)
         ref = tp.ReferenceLoop(model, {}, 0, a, b, bs, device=device)
         eager = ReplicaTrainer(spec, device=device, fused=False, cuda_graphs=False)
         layout = ReplicaTrainer(spec, device=device, fused=False, cuda_graphs=False)
@@ -206,17 +180,17 @@ def ingredients(device, models, rounds, steps, compile_modes):
             try:
                 trainer.models = [torch.compile(trainer.models[0], mode=None if mode == "default" else mode)]
                 t = time.perf_counter()
-                synced(lambda: trainer.train_epoch(a[:3 * bs], b[:3 * bs]), device)()
+                tp.synced(lambda: trainer.train_epoch(a[:3 * bs], b[:3 * bs]), device)()
                 notes.append(f"torch.compile {mode}: first 3 steps {time.perf_counter() - t:.1f} s (compiling)")
                 variants[f"  torch.compile, mode {mode}"] = (lambda tr=trainer: tr.train_epoch(a, b))
             except Exception as e:  # noqa: BLE001 - no compiler for this device, for instance
                 notes.append(f"torch.compile {mode} failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
-        times = tp.side_by_side({k: synced(v, device) for k, v in variants.items()}, rounds)
-        base = med(times["eager steps (default layout, fused Adam)"])
+        times = tp.side_by_side({k: tp.synced(v, device) for k, v in variants.items()}, rounds)
+        base = tp.med(times["eager steps (default layout, fused Adam)"])
         print(f"\n{model}, batch 32, one seed, {steps} steps per run, {rounds} rounds")
         print(f"{'variant':42s} {'images/s':>9s} {'ms/step':>8s} {'vs eager':>8s}")
         for name, ts in times.items():
-            print(f"{name:42s} {n / med(ts):9.0f} {1e3 * med(ts) / steps:8.2f} {base / med(ts):7.2f}x")
+            print(f"{name:42s} {n / tp.med(ts):9.0f} {1e3 * tp.med(ts) / steps:8.2f} {base / tp.med(ts):7.2f}x")
         for line in notes:
             print(line)
         sys.stdout.flush()
@@ -267,7 +241,7 @@ def fractional(device, trials, seeds, epochs, images, model="tnet"):
                 wall = time.perf_counter() - start
                 total = n_trials * k * epochs * images / wall
                 base.setdefault(k, total)
-                per_trial = med(k * epochs * images / r["s"] for r in results)
+                per_trial = tp.med(k * epochs * images / r["s"] for r in results)
                 print(f"{n_trials:6d} {1 / n_trials:8.3f} {k:5d} {str(results[0]['fused']):>5s} {total:11.0f} "
                       f"{per_trial:10.0f} {total / base[k]:9.2f}x {max(r['mem'] for r in results) / 2 ** 20:8.0f}  "
                       f"{sorted({r['gpu'] for r in results})}", flush=True)
@@ -289,13 +263,10 @@ def search(device, gpus_per_trial: float, extra: list[str]):
         if proc.returncode != 0:
             print(f"exit status {proc.returncode}; last output:\n{(proc.stdout + proc.stderr)[-3000:]}")
             return
-        rows = []
-        for result in sorted(Path(storage, "gpu-quick").glob("trial_*/result.json")):
-            lines = [json.loads(x) for x in result.read_text().splitlines() if x]
-            if lines:
-                rows.append(lines[-1])
+        histories = [read_results(d) for d in sorted(Path(storage, "gpu-quick").glob("trial_*"))]
+        rows = [h.iloc[-1] for h in histories if not h.empty]
         gpus = sorted({str(r.get("gpu_ids", "?")) for r in rows})
-        epochs = sum(r["training_iteration"] for r in rows)
+        epochs = sum(int(r["training_iteration"]) for r in rows)
         best = max(r.get("best_val_psnr", float("nan")) for r in rows) if rows else float("nan")
         print(f"wall {wall:.0f} s for {len(rows)} trials, {epochs} epochs in all; trials reported GPU ids {gpus}; "
               f"best validation PSNR {best:.2f} dB")

@@ -154,6 +154,31 @@ def side_by_side(variants: dict, rounds: int) -> dict:
     return times
 
 
+def synced(run, device):
+    """`run`, then wait for the device: GPU work is asynchronous and the clock must see it end."""
+    if torch.device(device).type != "cuda":
+        return run
+
+    def run_and_wait():
+        run()
+        torch.cuda.synchronize(device)
+    return run_and_wait
+
+
+def reference_and_project(a, b, model: str, batch_size: int, rounds: int, device="cpu"):
+    """The reference loop and the project's loop (one seed) on the pairs (a, b), one epoch each
+    per round, alternating: (seconds per epoch of each, by name, and the largest relative
+    difference of their first epoch's step losses)."""
+    ref = ReferenceLoop(model, {}, 0, a, b, batch_size, device=device)
+    ours = ReplicaTrainer(TrainSpec(model, lr=LR, batch_size=batch_size, seeds=(0,)), device=device, fused=False)
+    ref_losses, our_losses = ref.train_epoch(), []
+    ours.train_epoch(a, b, step_losses=our_losses)
+    diff = max(abs(float(r) - float(o)) / float(r) for r, o in zip(ref_losses, our_losses))
+    times = side_by_side({"reference": synced(ref.train_epoch, device),
+                          "project": synced(lambda: ours.train_epoch(a, b), device)}, rounds)
+    return times, diff
+
+
 def med(xs):
     return statistics.median(xs)
 
@@ -166,13 +191,7 @@ def load_line() -> str:
 # -- the sections ---------------------------------------------------------------------------------
 def loop_vs_reference(pairs, model: str, batch_size: int, steps: int, rounds: int, peak: float):
     n = steps * batch_size
-    a, b = pairs.train_a[:n], pairs.train_b[:n]
-    ref = ReferenceLoop(model, {}, 0, a, b, batch_size)
-    ours = ReplicaTrainer(TrainSpec(model, lr=LR, batch_size=batch_size, seeds=(0,)), fused=False)
-    ref_losses, our_losses = ref.train_epoch(), []
-    ours.train_epoch(a, b, step_losses=our_losses)
-    diff = max(abs(float(r) - float(o)) / float(r) for r, o in zip(ref_losses, our_losses))
-    times = side_by_side({"reference": ref.train_epoch, "project": lambda: ours.train_epoch(a, b)}, rounds)
+    times, diff = reference_and_project(pairs.train_a[:n], pairs.train_b[:n], model, batch_size, rounds)
     flops = training_flops(model, {}, batch_size)
     ips = {k: n / med(v) for k, v in times.items()}
     share = {k: flops * steps / med(v) / 1e9 / peak for k, v in times.items()}

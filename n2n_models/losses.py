@@ -38,6 +38,9 @@ def l0(pred: torch.Tensor, target: torch.Tensor, progress: float = 0.0) -> torch
     return _per_sample(((pred - target).abs() + 1e-8) ** l0_gamma(progress))
 
 
+PROGRESS_LOSSES = ("l0",)  # the losses whose value depends on `progress`, not only on (pred, target)
+
+
 def get_loss(name: str):
     """The loss function called `name` (one of LOSSES)."""
     if name not in LOSSES:

@@ -30,7 +30,7 @@ from torch import nn
 from . import build_model
 from .allocator import keep_freed_memory
 from .fast_layers import speed_up, thin_conv2d, thin_conv_applies
-from .losses import get_loss
+from .losses import PROGRESS_LOSSES, get_loss
 from .metrics import psnr_per_image
 
 
@@ -241,10 +241,10 @@ class ReplicaTrainer:
                                 else torch.float16)
         self._scaler = (torch.amp.GradScaler("cuda") if spec.amp and self._autocast_dtype == torch.float16
                         else None)
-        graphable = self.device.type == "cuda" and spec.loss != "l0" and self._scaler is None
+        graphable = self.device.type == "cuda" and spec.loss not in PROGRESS_LOSSES and self._scaler is None
         if cuda_graphs and not graphable:
-            raise ValueError("cuda_graphs needs a CUDA device, a loss other than the annealed l0 (its exponent "
-                             "changes every step) and no float16 loss scaling")
+            raise ValueError(f"cuda_graphs needs a CUDA device, a loss that does not change as training goes on "
+                             f"(not {', '.join(PROGRESS_LOSSES)}) and no float16 loss scaling")
         self.cuda_graphs = graphable if cuda_graphs is None else bool(cuda_graphs)
         self._graph: _StepGraph | None = None
         self._eager_steps = 0
@@ -304,7 +304,7 @@ class ReplicaTrainer:
             progress = (self.epoch + step / steps) / epochs
             idx = orders[:, step * bs:(step + 1) * bs]
             if graphs and idx.shape[1] == bs:
-                losses = self._graphed_step(train_a, train_b, idx)
+                losses = self._graphed_step(train_a, train_b, idx, progress)
             else:
                 losses = self._train_step(train_a, train_b, idx, progress)
             total += losses * idx.shape[1]
@@ -320,7 +320,8 @@ class ReplicaTrainer:
             return self._fused_step(train_a[idx], train_b[idx], progress)
         return torch.stack([self._step(i, train_a[idx[i]], train_b[idx[i]], progress) for i in range(self.k)])
 
-    def _graphed_step(self, train_a: torch.Tensor, train_b: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    def _graphed_step(self, train_a: torch.Tensor, train_b: torch.Tensor, idx: torch.Tensor,
+                      progress: float) -> torch.Tensor:
         """`_train_step` replayed from a CUDA graph of the whole step (gather, forward, backward, Adam):
         the same kernels on the same memory, launched by one call instead of one by one from Python,
         which is what a small model's step on a GPU waits for (docs/benchmarks.md, GPU figures).
@@ -334,7 +335,7 @@ class ReplicaTrainer:
                 side, main = torch.cuda.Stream(self.device), torch.cuda.current_stream(self.device)
                 side.wait_stream(main)
                 with torch.cuda.stream(side):
-                    losses = self._train_step(train_a, train_b, idx, 0.0)
+                    losses = self._train_step(train_a, train_b, idx, progress)
                 main.wait_stream(side)
                 return losses
             self._graph = None  # let the previous graph's memory go first
@@ -349,7 +350,7 @@ class ReplicaTrainer:
             opt.zero_grad(set_to_none=True)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):  # records the kernels; nothing runs until replay
-            losses = self._train_step(train_a, train_b, idx, 0.0)
+            losses = self._train_step(train_a, train_b, idx, 0.0)  # graphed losses ignore progress
         return _StepGraph(key, graph, idx, losses)
 
     def _step(self, i: int, a: torch.Tensor, b: torch.Tensor, progress: float) -> torch.Tensor:
