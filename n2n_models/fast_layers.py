@@ -11,11 +11,17 @@ CPU (`speed_up`); models, checkpoints and the reference loop keep the standard l
   planes of the output gradient. Grouped (fused replica) convolutions use one product per group.
   Modules that can take this path themselves (the fused replicas' grouped convolutions) say so
   with a `use_fast_layers` attribute, which `speed_up` switches on.
-- `UpConcatThinConv2d`: such a thin convolution of `torch.cat([upsample(low), skip], 1)`, as
-  in TNet's `dec1`. The upsampled half's matrix products run at the low resolution (a quarter of
-  the pixels for s = 2) and their results are spread over each s x s block, so neither the
-  upsampled nor the concatenated tensor is built (14-22% of a TNet step on CPU).
-  `speed_up` finds the pattern with torch.fx (`fuse_upsample_concat`).
+- `UpConcatConv2d`: a 3x3 convolution of `torch.cat([upsample(low), skip], 1)` with `upsample`
+  an s-fold nearest upsample, as in TNet's `dec2` and `dec3` and UNet's decoder. A 3x3 kernel
+  over an s-fold nearest upsample is an (s + 2) x (s + 2) transposed convolution of the low-
+  resolution input with stride s, whose kernel sums the taps that read the same low-resolution
+  pixel. So the upsampled channels cost (s + 2)^2 multiply-adds per low-resolution pixel instead
+  of 9 s^2 (36 against 144 for s = 4, 16 against 36 for s = 2), and neither the upsampled nor the
+  concatenated tensor is built. The skip channels stay an ordinary convolution.
+- `UpConcatThinConv2d`: the same pattern before a thin convolution, as in TNet's `dec1`. The
+  upsampled half's matrix products run at the low resolution (a quarter of the pixels for s = 2)
+  and their results are spread over each s x s block (14-22% of a TNet step on CPU).
+  `speed_up` finds both patterns with torch.fx (`fuse_upsample_concat`).
 - `NearestUpsample`: nearest-neighbour upsampling by an integer factor whose backward pass sums
   each s x s block with s + s - 2 strided adds instead of PyTorch's scatter kernel, which copies
   channels-last gradients first (3-5 times slower on TNet's and UNet's skip connections).
@@ -31,15 +37,25 @@ from torch import nn
 
 THIN_MAX_OUT = 4  # output channels per group for which the GEMM path replaces oneDNN's kernel
 THIN_MIN_IN = 8  # below this many inputs per group oneDNN's kernel is faster (measured: 6 -> 3)
+# output pixels per call (batch x height x width) below which UpConcatConv2d computes the plain way:
+# oneDNN's transposed convolution is slow on small images (measured with 2 threads, forward and
+# backward: 0.6x at 512, 0.8-1.2x at 2048, 1.35-1.6x at 4096, 1.6-2.3x at 8192 and more)
+UP_CONCAT_MIN_PIXELS = 4096
 
 
 # -- thin 3x3 convolution -------------------------------------------------------------------------
 
-def thin_conv_applies(conv: nn.Module) -> bool:
-    """Whether `conv` (an nn.Conv2d; not a transposed one) takes the thin path."""
+def is_same_3x3(conv: nn.Module) -> bool:
+    """Whether `conv` is an nn.Conv2d (not a transposed one) with a 3x3 kernel, stride 1 and one
+    pixel of zero padding: the output has the input's size."""
     return (isinstance(conv, nn.Conv2d) and conv.kernel_size == (3, 3) and conv.stride == (1, 1)
-            and conv.padding == (1, 1) and conv.dilation == (1, 1) and conv.padding_mode == "zeros"
-            and conv.out_channels // conv.groups <= THIN_MAX_OUT and conv.in_channels // conv.groups >= THIN_MIN_IN)
+            and conv.padding == (1, 1) and conv.dilation == (1, 1) and conv.padding_mode == "zeros")
+
+
+def thin_conv_applies(conv: nn.Module) -> bool:
+    """Whether `conv` takes the thin path."""
+    return (is_same_3x3(conv) and conv.out_channels // conv.groups <= THIN_MAX_OUT
+            and conv.in_channels // conv.groups >= THIN_MIN_IN)
 
 
 def _shift_sum(taps: torch.Tensor) -> torch.Tensor:
@@ -147,6 +163,40 @@ def thin_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     return _ThinConv.apply(x, weight, bias, groups)
 
 
+# -- a 3x3 convolution of an upsample-and-concatenate ----------------------------------------------
+
+def _taps_per_offset(s: int, like: torch.Tensor) -> torch.Tensor:
+    """(3, (s + 2)): entry (k, u) is 1 where tap k of a 3x3 kernel (along one dimension), applied to
+    an s-fold nearest upsample, reads the low-resolution pixel that sits at offset u of the
+    equivalent transposed convolution (stride s, padding 1): 0 <= u + k - 2 < s."""
+    u = torch.arange(s + 2, device=like.device)
+    k = torch.arange(3, device=like.device).unsqueeze(1)
+    return ((u + k - 2 >= 0) & (u + k - 2 < s)).to(like.dtype)
+
+
+def up_concat_conv2d(low: torch.Tensor, skip: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                     s: int) -> torch.Tensor:
+    """F.conv2d(torch.cat([F.interpolate(low, scale_factor=s), skip], 1), weight, bias, padding=1) for a
+    3x3 kernel (one group), without the upsampled or the concatenated tensor: the upsampled
+    channels' share is F.conv_transpose2d(low, kernel, stride=s, padding=1), where kernel[c, o, u, v]
+    sums weight[o, c, ky, kx] over the taps that read the same low-resolution pixel. The same
+    sums in another order; every operation is differentiable, so autograd gives the gradients.
+    The plain way below UP_CONCAT_MIN_PIXELS output pixels, off CPU (not measured there), under
+    autocast and for other dtypes (as up_concat_thin_conv2d)."""
+    cl = low.shape[1]
+    if (skip.shape[0] * skip.shape[2] * skip.shape[3] < UP_CONCAT_MIN_PIXELS or low.device.type != "cpu"
+            or torch.is_autocast_enabled("cpu") or low.dtype != torch.float32):
+        return F.conv2d(torch.cat([_NearestUp.apply(low, s), skip], 1), weight, bias, padding=1)
+    taps = _taps_per_offset(s, weight)
+    # kernel[o, c] = taps^T weight[o, c] taps for every channel pair, as one matrix product:
+    # (o * c, 9) weights times the (9, (s + 2)^2) Kronecker product of taps with itself
+    o, k = weight.shape[0], s + 2
+    kernel = weight[:, :cl].reshape(o * cl, 9) @ torch.kron(taps, taps)
+    kernel = kernel.view(o, cl, k, k).transpose(0, 1)
+    out = F.conv2d(skip, weight[:, cl:], bias, padding=1)
+    return out.add_(F.conv_transpose2d(low, kernel, stride=s, padding=1))
+
+
 class _UpConcatThinConv(torch.autograd.Function):
     """thin_conv2d(torch.cat([upsample(low, s), skip], 1), weight, bias) without building the
     upsampled or the concatenated tensor: the low-resolution input's share of every tap is a matrix
@@ -212,11 +262,18 @@ class ThinConv2d(nn.Conv2d):
         return thin_conv2d(x, self.weight, self.bias, self.groups)
 
 
-class UpConcatThinConv2d(nn.Conv2d):
+class UpConcatConv2d(nn.Conv2d):
     """nn.Conv2d (same parameters, same state dict) called as `conv(low, skip)` for
-    `conv(torch.cat([nearest_upsample(low, s), skip], 1))`, computed with `up_concat_thin_conv2d`."""
+    `conv(torch.cat([nearest_upsample(low, s), skip], 1))`, computed with `up_concat_conv2d`."""
 
     scale = 2
+
+    def forward(self, low: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return up_concat_conv2d(low, skip, self.weight, self.bias, self.scale)
+
+
+class UpConcatThinConv2d(UpConcatConv2d):
+    """UpConcatConv2d for a thin convolution, computed with `up_concat_thin_conv2d`."""
 
     def forward(self, low: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         return up_concat_thin_conv2d(low, skip, self.weight, self.bias, self.scale)
@@ -285,13 +342,14 @@ def _through_identities(node: torch.fx.Node, gm: torch.fx.GraphModule) -> torch.
 
 
 def fuse_upsample_concat(model: nn.Module) -> nn.Module:
-    """Where a thin convolution (one group) reads `torch.cat([up(low), skip], 1)` with `up` an
-    integer nearest upsample, possibly through nn.Identity layers, and nothing else reads the
-    upsampled or the concatenated tensor, compute it with UpConcatThinConv2d (TNet's `dec1`).
-    Returns a torch.fx.GraphModule with the same state-dict names and parameters when that
-    pattern occurs, else `model` itself (also when the model cannot be traced)."""
+    """Where a 3x3 convolution (one group, stride 1, padding 1) reads `torch.cat([up(low), skip], 1)`
+    with `up` an integer nearest upsample, possibly through nn.Identity layers, and nothing else
+    reads the upsampled or the concatenated tensor, compute it with UpConcatThinConv2d when the
+    convolution is thin (TNet's `dec1`), else with UpConcatConv2d (TNet's `dec2` and `dec3`,
+    UNet's decoder). Returns a torch.fx.GraphModule with the same state-dict names and parameters
+    when that pattern occurs, else `model` itself (also when the model cannot be traced)."""
     layers = list(model.modules())
-    if not (any(type(m) is nn.Conv2d and m.groups == 1 and thin_conv_applies(m) for m in layers)
+    if not (any(type(m) is nn.Conv2d and m.groups == 1 and is_same_3x3(m) for m in layers)
             and any(type(m) in (nn.Upsample, NearestUpsample) for m in layers)):
         return model  # nothing to fuse: do not trace (tracing runs the Python of non-leaf modules)
     try:
@@ -303,7 +361,7 @@ def fuse_upsample_concat(model: nn.Module) -> nn.Module:
         if node.op != "call_module" or len(node.args) != 1 or node.kwargs:
             continue
         conv = gm.get_submodule(node.target)
-        if type(conv) is not nn.Conv2d or conv.groups != 1 or not thin_conv_applies(conv):
+        if type(conv) is not nn.Conv2d or conv.groups != 1 or not is_same_3x3(conv):
             continue
         cat = _through_identities(node.args[0], gm)
         if cat.op != "call_function" or cat.target is not torch.cat or len(cat.users) != 1:
@@ -317,8 +375,8 @@ def fuse_upsample_concat(model: nn.Module) -> nn.Module:
         scale = _integer_nearest(gm.get_submodule(up.target)) if is_module else None
         if not scale or len(up.users) != 1 or len(up.args) != 1:
             continue
-        fast = UpConcatThinConv2d(conv.in_channels, conv.out_channels, 3, padding=1, bias=conv.bias is not None,
-                                  device="meta")
+        layer = UpConcatThinConv2d if thin_conv_applies(conv) else UpConcatConv2d
+        fast = layer(conv.in_channels, conv.out_channels, 3, padding=1, bias=conv.bias is not None, device="meta")
         fast.weight, fast.bias, fast.scale = conv.weight, conv.bias, scale
         fast.train(conv.training)
         gm.set_submodule(node.target, fast)
@@ -336,7 +394,7 @@ def speed_up(model: nn.Module) -> nn.Module:
     """Swap the layers above into `model`, sharing its parameters (its state dict and optimiser are
     unchanged), switch on modules with a `use_fast_layers` attribute, and return the model to train.
     Other layers, and layers these do not cover, stay. That is `model` itself, changed in place,
-    unless a thin convolution of an upsample-and-concatenate became one layer
+    unless a convolution of an upsample-and-concatenate became one layer
     (fuse_upsample_concat): then it is a torch.fx.GraphModule with the same parameters and
     state-dict names, and `model` keeps its own layers."""
     model = fuse_upsample_concat(model)

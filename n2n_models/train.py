@@ -7,8 +7,9 @@ no worker processes, one float conversion per batch. Replica i is initialised wi
 replica trains the same numbers fused or alone. What makes the loop fast without changing its
 math (measured in docs/benchmarks.md): channels-last activations on CPU, where oneDNN
 convolutions run about 1.7 times as fast as in the default layout, Adam's fused kernel, on CPU the
-layers of n2n_models.fast_layers (thin 3x3 convolutions as matrix products, TNet's upsample-and-
-concatenate read at low resolution, a faster nearest-upsample backward), freed memory kept in
+layers of n2n_models.fast_layers (thin 3x3 convolutions as matrix products, a convolution of an
+upsample-and-concatenate computed at the low resolution as in TNet's and UNet's decoders, a
+faster nearest-upsample backward), freed memory kept in
 the process's heap instead of page-faulting back every step (n2n_models.allocator), and no host
 synchronisation inside an epoch. On GPUs, where a small model's step waits on Python launching
 its kernels one by one, each step is replayed from a CUDA graph (the same kernels, launched at

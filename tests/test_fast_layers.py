@@ -1,6 +1,6 @@
 """n2n_models.fast_layers: the faster CPU layers compute the same function and the same gradients as
 the standard layers they replace, `speed_up` swaps exactly the layers they cover (and fuses an
-upsample-and-concatenate into the thin convolution after it only where nothing else reads them)
+upsample-and-concatenate into the convolution after it only where nothing else reads them)
 without touching parameters or state-dict names, and what a sped-up model trains loads into the
 plain model and trains the same losses."""
 import pytest
@@ -9,10 +9,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from n2n_models import build_model
-from n2n_models.fast_layers import (NearestUpsample, ThinConv2d, UpConcatThinConv2d, block_sum, fuse_upsample_concat,
-                                    speed_up, thin_conv2d, up_concat_thin_conv2d)
+from n2n_models import fast_layers
+from n2n_models.fast_layers import (NearestUpsample, ThinConv2d, UpConcatConv2d, UpConcatThinConv2d, block_sum,
+                                    fuse_upsample_concat, speed_up, thin_conv2d, up_concat_conv2d,
+                                    up_concat_thin_conv2d)
 
-FAST = (ThinConv2d, UpConcatThinConv2d, NearestUpsample)
+FAST = (ThinConv2d, UpConcatConv2d, NearestUpsample)
 from n2n_models.train import ReplicaTrainer, TrainSpec
 
 
@@ -77,12 +79,44 @@ def test_upsample_concat_thin_convolution_matches_the_three_layers_in_value_and_
     _assert_matches_float64(up_concat_thin_conv2d(low, skip, w, b, scale), exact, inputs, grad_out)
 
 
-def test_upsample_concat_thin_convolution_falls_back_to_the_plain_layers_under_autocast():
-    low, skip, w = torch.randn(2, 8, 4, 4), torch.randn(2, 8, 8, 8), torch.randn(3, 16, 3, 3)
+@pytest.mark.parametrize("layer, out_channels", [(up_concat_thin_conv2d, 3), (up_concat_conv2d, 16)])
+def test_upsample_concat_convolutions_fall_back_to_the_plain_layers_under_autocast(monkeypatch, layer, out_channels):
+    monkeypatch.setattr(fast_layers, "UP_CONCAT_MIN_PIXELS", 0)  # large enough for the transposed path
+    low, skip, w = torch.randn(2, 8, 4, 4), torch.randn(2, 8, 8, 8), torch.randn(out_channels, 16, 3, 3)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = up_concat_thin_conv2d(low, skip, w, None, 2)
+        out = layer(low, skip, w, None, 2)
         expected = F.conv2d(torch.cat([F.interpolate(low, scale_factor=2), skip], 1), w, None, padding=1)
     assert out.dtype == expected.dtype == torch.bfloat16 and torch.equal(out, expected)
+
+
+@pytest.mark.parametrize("n, low_channels, skip_channels, out_channels, low_size, scale, bias", [
+    (8, 32, 32, 16, (4, 4), 4, True),    # TNet's dec2 at batch 8
+    (2, 12, 6, 10, (8, 16), 2, True),    # UNet's decoder, a wide image
+    (4, 7, 3, 9, (3, 5), 4, False),
+    (2, 5, 4, 6, (1, 1), 4, True),       # TNet's dec3: a 1 x 1 image
+])
+@pytest.mark.parametrize("transposed", [True, False])
+def test_upsample_concat_convolution_matches_the_three_layers_in_value_and_every_gradient(
+        monkeypatch, n, low_channels, skip_channels, out_channels, low_size, scale, bias, transposed):
+    # UP_CONCAT_MIN_PIXELS picks the transposed convolution (0) or the plain layers (no limit)
+    monkeypatch.setattr(fast_layers, "UP_CONCAT_MIN_PIXELS", 0 if transposed else 1 << 60)
+    torch.manual_seed(low_channels + scale)
+    cl = torch.channels_last
+    (hl, wl), (h, w) = low_size, (low_size[0] * scale, low_size[1] * scale)
+    low = torch.randn(n, low_channels, hl, wl).contiguous(memory_format=cl).requires_grad_()
+    skip = torch.randn(n, skip_channels, h, w).contiguous(memory_format=cl).requires_grad_()
+    cin = low_channels + skip_channels
+    weight = (torch.randn(out_channels, cin, 3, 3) / (9 * cin) ** 0.5).contiguous(memory_format=cl)  # outputs ~ 1
+    weight.requires_grad_()
+    b = torch.randn(out_channels, requires_grad=True) if bias else None
+    inputs = [t for t in (low, skip, weight, b) if t is not None]
+    grad_out = torch.randn(n, out_channels, h, w)
+    up = F.interpolate(low.double(), scale_factor=scale, mode="nearest")
+    exact = F.conv2d(torch.cat([up, skip.double()], 1), weight.double(), None if b is None else b.double(), padding=1)
+    ours = up_concat_conv2d(low, skip, weight, b, scale)
+    # the transposed path ends in the sum of its two convolutions, the plain one in the convolution
+    assert type(ours.grad_fn).__name__ == ("AddBackward0" if transposed else "ConvolutionBackward0")
+    _assert_matches_float64(ours, exact, inputs, grad_out)
 
 
 class _UpsampleReadTwice(nn.Module):
@@ -127,12 +161,15 @@ def test_block_sum_sums_each_block_of_a_strided_view():
 
 
 @pytest.mark.parametrize("model, swapped", [
-    ("tnet", {"dec1.0": UpConcatThinConv2d, "up4": NearestUpsample}),  # up2 is folded into dec1.0
-    ("unet", {"head.2": ThinConv2d, "up": NearestUpsample}),
+    # every upsample feeds a concatenation before a convolution, so it is folded into that layer
+    ("tnet", {"dec1.0": UpConcatThinConv2d, "dec2.0": UpConcatConv2d, "dec3.0": UpConcatConv2d}),
+    ("tnet_bn", {"dec1.0": ThinConv2d, "up2": NearestUpsample, "up4": NearestUpsample}),  # BN on the concatenations
+    ("unet", {"head.2": ThinConv2d, "head.0.0": UpConcatConv2d,
+              **{f"dec.{i}.0.0": UpConcatConv2d for i in range(4)}}),
     ("basenet", {}),
 ])
 def test_speed_up_swaps_exactly_the_covered_layers_and_keeps_the_parameters(model, swapped):
-    net = build_model(model)
+    net = build_model("tnet", batchnorm=True) if model == "tnet_bn" else build_model(model)
     params_before = dict(net.named_parameters())
     keys_before = list(net.state_dict())
     net = speed_up(net)
