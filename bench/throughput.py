@@ -16,9 +16,11 @@ figures are medians over rounds and ratios of medians. Printed:
      the model's training FLOPs (torch.utils.flop_counter) and the share of the peak reached;
   3. TNet at batch 32: what each ingredient brings (layout, Adam kernel) and what was measured
      but not adopted (torch.compile, bfloat16 autocast);
-  4. K fused seed replicas against K sequential ones, and against the previous fused
+  4. each convolution of an upsample-and-concatenate that fast_layers computes as one layer
+     (TNet's and UNet's decoders), alone, against the standard layers it replaces;
+  5. K fused seed replicas against K sequential ones, and against the previous fused
      implementation (torch.func vmap over stacked weights);
-  5. mixed precision (TrainSpec.amp: bfloat16 autocast on CPU): its effect on validation PSNR
+  6. mixed precision (TrainSpec.amp: bfloat16 autocast on CPU): its effect on validation PSNR
      after a short training on the built-in photos, against float32, same seeds.
 """
 from __future__ import annotations
@@ -31,11 +33,14 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from n2n_models import build_model  # noqa: E402
+from n2n_models import build_model, fast_layers  # noqa: E402
+from n2n_models.allocator import keep_freed_memory  # noqa: E402
 from n2n_models.data import load_pairs  # noqa: E402
 from n2n_models.train import ReplicaTrainer, TrainSpec, data_order  # noqa: E402
 
@@ -237,6 +242,61 @@ def ingredients(pairs, steps: int, rounds: int):
               f"{compiled[2]:.1f} s in a later process with the cache filled")
 
 
+def upsample_concat_layers(model: str, batch_size: int) -> list[tuple[str, nn.Module, torch.Size, torch.Size]]:
+    """The convolutions of an upsample-and-concatenate in `model` that fast_layers fuses (name,
+    fused layer, low-resolution input shape, skip input shape at `batch_size`)."""
+    net = fast_layers.speed_up(build_model(model).to(memory_format=torch.channels_last))
+    found, hooks = [], []
+    for name, m in net.named_modules():
+        if isinstance(m, fast_layers.UpConcatConv2d):
+            hooks.append(m.register_forward_hook(
+                lambda m, args, out, name=name: found.append((name, m, args[0].shape, args[1].shape))))
+    with torch.no_grad():
+        net(torch.rand(batch_size, 3, 32, 32).contiguous(memory_format=torch.channels_last))
+    for hook in hooks:
+        hook.remove()
+    return found
+
+
+def fused_layers(models: list[str], batch_sizes: list[int], reps: int, rounds: int):
+    """Each fused upsample-and-concatenate convolution alone, forward and backward, against the three
+    standard layers it replaces (nearest upsample, concatenation, convolution; channels-last), with
+    the training loop's malloc settings (n2n_models.allocator)."""
+    keep_freed_memory()
+    print(f"\nupsample + concatenation + 3x3 convolution as one layer (fast_layers.py), forward and backward, "
+          f"{reps} calls per run, {rounds} rounds ({load_line()})")
+    print(f"{'model':8s} {'layer':10s} {'batch':>5s} {'low input':>14s} {'output':>15s} {'path':>10s} "
+          f"{'standard ms':>11s} {'fused ms':>9s} {'speed-up':>9s}")
+    cl = torch.channels_last
+    for model in models:
+        for bs in batch_sizes:
+            for name, layer, low_shape, skip_shape in upsample_concat_layers(model, bs):
+                torch.manual_seed(0)
+                low = torch.randn(low_shape).contiguous(memory_format=cl).requires_grad_()
+                skip = torch.randn(skip_shape).contiguous(memory_format=cl).requires_grad_()
+                out_shape = (bs, layer.out_channels, *skip_shape[2:])
+                grad = torch.randn(out_shape).contiguous(memory_format=cl)
+                up = fast_layers.NearestUpsample(layer.scale)
+
+                def standard():
+                    for _ in range(reps):
+                        F.conv2d(torch.cat([up(low), skip], 1), layer.weight, layer.bias, padding=1).backward(grad)
+
+                def fused():
+                    for _ in range(reps):
+                        layer(low, skip).backward(grad)
+                times = side_by_side({"standard": standard, "fused": fused}, rounds)
+                if isinstance(layer, fast_layers.UpConcatThinConv2d):
+                    path = "thin"
+                else:
+                    work = bs * skip_shape[2] * skip_shape[3] * low_shape[1]
+                    path = "transposed" if work >= fast_layers.UP_CONCAT_MIN_WORK else "plain"
+                ms = {k: 1e3 * med(v) / reps for k, v in times.items()}
+                print(f"{model:8s} {name:10s} {bs:5d} {'x'.join(map(str, low_shape[1:])):>14s} "
+                      f"{'x'.join(map(str, out_shape[1:])):>15s} {path:>10s} {ms['standard']:11.2f} {ms['fused']:9.2f} "
+                      f"{ms['standard'] / ms['fused']:8.2f}x", flush=True)
+
+
 COMPILE_PROBE = """
 import sys, time, torch
 sys.path.insert(0, {root!r})
@@ -327,6 +387,9 @@ def amp_effect(epochs: int, seeds: int, device="cpu", model: str = "tnet", fused
           f"{(half - full).abs().max():.3f} dB largest; time ratio {t_full / t_half:.2f}x")
 
 
+SECTIONS = ("loops", "ingredients", "layers", "fused", "amp")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
@@ -335,12 +398,15 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--seeds", type=int, default=5, help="replicas in the fused comparison")
     ap.add_argument("--quick", action="store_true", help="fewer steps (a smoke run)")
-    ap.add_argument("--sections", default="loops,ingredients,fused,amp",
-                    help="any of loops, ingredients, fused, amp (the peak is always measured)")
+    ap.add_argument("--sections", default=",".join(SECTIONS),
+                    help=f"any of {', '.join(SECTIONS)} (the peak is always measured)")
     ap.add_argument("--amp-epochs", type=int, default=5)
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
     sections = set(args.sections.split(","))
+    unknown = sections - set(SECTIONS)
+    if unknown:
+        ap.error(f"unknown section(s) {', '.join(sorted(unknown))}; choose from {', '.join(SECTIONS)}")
+    torch.set_num_threads(args.threads)
     scale = 0.25 if args.quick else 1.0
     pairs = load_pairs("synthetic", "pixelate", train_size=4096, val_size=16, seed=0)
     print(f"torch {torch.__version__}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, "
@@ -358,6 +424,9 @@ def main(argv=None):
         print(f"({load_line()})")
     if "ingredients" in sections:
         ingredients(pairs, max(8, int(48 * scale)), args.rounds)
+    if "layers" in sections:
+        fused_layers([m for m in args.models.split(",") if m != "basenet"],
+                     [int(x) for x in args.batch_sizes.split(",")], max(2, int(8 * scale)), args.rounds)
     if "fused" in sections:
         fused_vs_sequential(pairs, args.seeds, max(4, int(24 * scale)), args.rounds)
     if "amp" in sections:

@@ -37,10 +37,12 @@ from torch import nn
 
 THIN_MAX_OUT = 4  # output channels per group for which the GEMM path replaces oneDNN's kernel
 THIN_MIN_IN = 8  # below this many inputs per group oneDNN's kernel is faster (measured: 6 -> 3)
-# output pixels per call (batch x height x width) below which UpConcatConv2d computes the plain way:
-# oneDNN's transposed convolution is slow on small images (measured with 2 threads, forward and
-# backward: 0.6x at 512, 0.8-1.2x at 2048, 1.35-1.6x at 4096, 1.6-2.3x at 8192 and more)
-UP_CONCAT_MIN_PIXELS = 4096
+# below this many output pixels times upsampled channels per call (batch x height x width x low
+# channels), UpConcatConv2d computes the plain way: oneDNN's transposed convolution is slow on small
+# images. Measured on TNet's and UNet's layers (bench/throughput.py --sections layers, forced
+# through the transposed path, 2 threads): 0.46-0.69x up to 49k, 0.84-0.99x from 65k to 131k,
+# 1.11-1.37x from 197k to 262k, 1.3-1.9x above
+UP_CONCAT_MIN_WORK = 150_000
 
 
 # -- thin 3x3 convolution -------------------------------------------------------------------------
@@ -181,10 +183,10 @@ def up_concat_conv2d(low: torch.Tensor, skip: torch.Tensor, weight: torch.Tensor
     channels' share is F.conv_transpose2d(low, kernel, stride=s, padding=1), where kernel[c, o, u, v]
     sums weight[o, c, ky, kx] over the taps that read the same low-resolution pixel. The same
     sums in another order; every operation is differentiable, so autograd gives the gradients.
-    The plain way below UP_CONCAT_MIN_PIXELS output pixels, off CPU (not measured there), under
+    The plain way for small layers (UP_CONCAT_MIN_WORK), off CPU (not measured there), under
     autocast and for other dtypes (as up_concat_thin_conv2d)."""
     cl = low.shape[1]
-    if (skip.shape[0] * skip.shape[2] * skip.shape[3] < UP_CONCAT_MIN_PIXELS or low.device.type != "cpu"
+    if (skip.shape[0] * skip.shape[2] * skip.shape[3] * cl < UP_CONCAT_MIN_WORK or low.device.type != "cpu"
             or torch.is_autocast_enabled("cpu") or low.dtype != torch.float32):
         return F.conv2d(torch.cat([_NearestUp.apply(low, s), skip], 1), weight, bias, padding=1)
     taps = _taps_per_offset(s, weight)

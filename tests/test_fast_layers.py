@@ -81,7 +81,7 @@ def test_upsample_concat_thin_convolution_matches_the_three_layers_in_value_and_
 
 @pytest.mark.parametrize("layer, out_channels", [(up_concat_thin_conv2d, 3), (up_concat_conv2d, 16)])
 def test_upsample_concat_convolutions_fall_back_to_the_plain_layers_under_autocast(monkeypatch, layer, out_channels):
-    monkeypatch.setattr(fast_layers, "UP_CONCAT_MIN_PIXELS", 0)  # large enough for the transposed path
+    monkeypatch.setattr(fast_layers, "UP_CONCAT_MIN_WORK", 0)  # large enough for the transposed path
     low, skip, w = torch.randn(2, 8, 4, 4), torch.randn(2, 8, 8, 8), torch.randn(out_channels, 16, 3, 3)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = layer(low, skip, w, None, 2)
@@ -98,8 +98,8 @@ def test_upsample_concat_convolutions_fall_back_to_the_plain_layers_under_autoca
 @pytest.mark.parametrize("transposed", [True, False])
 def test_upsample_concat_convolution_matches_the_three_layers_in_value_and_every_gradient(
         monkeypatch, n, low_channels, skip_channels, out_channels, low_size, scale, bias, transposed):
-    # UP_CONCAT_MIN_PIXELS picks the transposed convolution (0) or the plain layers (no limit)
-    monkeypatch.setattr(fast_layers, "UP_CONCAT_MIN_PIXELS", 0 if transposed else 1 << 60)
+    # UP_CONCAT_MIN_WORK picks the transposed convolution (0) or the plain layers (no limit)
+    monkeypatch.setattr(fast_layers, "UP_CONCAT_MIN_WORK", 0 if transposed else 1 << 60)
     torch.manual_seed(low_channels + scale)
     cl = torch.channels_last
     (hl, wl), (h, w) = low_size, (low_size[0] * scale, low_size[1] * scale)
@@ -195,11 +195,12 @@ def test_a_model_trained_with_fast_layers_loads_into_the_plain_model_and_predict
 @pytest.mark.parametrize("model, hparams", [("unet", {"width": 8}), ("tnet", {}), ("tnet", {"dropout": 0.2})])
 def test_fast_layers_train_the_same_losses_as_the_plain_layers(model, hparams):
     torch.manual_seed(1)
-    a = torch.randint(0, 256, (96, 3, 32, 32), dtype=torch.uint8)
-    b = torch.randint(0, 256, (96, 3, 32, 32), dtype=torch.uint8)
+    # batch 32: large enough for the transposed path of UpConcatConv2d in TNet's dec2 and UNet's head
+    a = torch.randint(0, 256, (192, 3, 32, 32), dtype=torch.uint8)
+    b = torch.randint(0, 256, (192, 3, 32, 32), dtype=torch.uint8)
     losses = {}
     for fast in (True, False):
-        trainer = ReplicaTrainer(TrainSpec(model, hparams=hparams, lr=1e-3, batch_size=16, seeds=(0,)),
+        trainer = ReplicaTrainer(TrainSpec(model, hparams=hparams, lr=1e-3, batch_size=32, seeds=(0,)),
                                  fused=False, fast_layers=fast)
         steps = []
         trainer.train_epoch(a, b, step_losses=steps)

@@ -122,3 +122,19 @@ def test_training_steps_reuse_freed_memory_instead_of_page_faulting_and_user_mal
     _, faults_by_default, applied = measure("tnet", 1, keep=False, train_size=640, epochs=1)
     assert not applied
     assert faults_by_default > 5 * max(faults, 1)
+
+
+def test_the_throughput_bench_measures_each_fused_upsample_concatenation_at_its_real_shapes():
+    layers = {name: (type(layer).__name__, tuple(low), tuple(skip))
+              for name, layer, low, skip in _bench().upsample_concat_layers("tnet", 4)}
+    assert layers == {"dec3.0": ("UpConcatConv2d", (4, 32, 1, 1), (4, 32, 4, 4)),
+                      "dec2.0": ("UpConcatConv2d", (4, 32, 4, 4), (4, 32, 16, 16)),
+                      "dec1.0": ("UpConcatThinConv2d", (4, 16, 16, 16), (4, 16, 32, 32))}
+
+
+def test_the_throughput_bench_refuses_an_unknown_section_before_measuring(capsys):
+    with pytest.raises(SystemExit) as stop:
+        _bench().main(["--sections", "loops,layer"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "unknown section(s) layer" in err and "layers" in err
