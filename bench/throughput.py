@@ -289,8 +289,7 @@ def fused_layers(models: list[str], batch_sizes: list[int], reps: int, rounds: i
                 if isinstance(layer, fast_layers.UpConcatThinConv2d):
                     path = "thin"
                 else:
-                    work = bs * skip_shape[2] * skip_shape[3] * low_shape[1]
-                    path = "transposed" if work >= fast_layers.UP_CONCAT_MIN_WORK else "plain"
+                    path = "transposed" if fast_layers.up_concat_transposed(low, skip) else "plain"
                 ms = {k: 1e3 * med(v) / reps for k, v in times.items()}
                 print(f"{model:8s} {name:10s} {bs:5d} {'x'.join(map(str, low_shape[1:])):>14s} "
                       f"{'x'.join(map(str, out_shape[1:])):>15s} {path:>10s} {ms['standard']:11.2f} {ms['fused']:9.2f} "

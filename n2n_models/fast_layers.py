@@ -176,6 +176,13 @@ def _taps_per_offset(s: int, like: torch.Tensor) -> torch.Tensor:
     return ((u + k - 2 >= 0) & (u + k - 2 < s)).to(like.dtype)
 
 
+def up_concat_transposed(low: torch.Tensor, skip: torch.Tensor) -> bool:
+    """Whether up_concat_conv2d computes these inputs with the transposed convolution: float32 on CPU,
+    no autocast, at least UP_CONCAT_MIN_WORK output pixels times upsampled channels."""
+    return (skip.shape[0] * skip.shape[2] * skip.shape[3] * low.shape[1] >= UP_CONCAT_MIN_WORK
+            and low.device.type == "cpu" and not torch.is_autocast_enabled("cpu") and low.dtype == torch.float32)
+
+
 def up_concat_conv2d(low: torch.Tensor, skip: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                      s: int) -> torch.Tensor:
     """F.conv2d(torch.cat([F.interpolate(low, scale_factor=s), skip], 1), weight, bias, padding=1) for a
@@ -183,12 +190,11 @@ def up_concat_conv2d(low: torch.Tensor, skip: torch.Tensor, weight: torch.Tensor
     channels' share is F.conv_transpose2d(low, kernel, stride=s, padding=1), where kernel[c, o, u, v]
     sums weight[o, c, ky, kx] over the taps that read the same low-resolution pixel. The same
     sums in another order; every operation is differentiable, so autograd gives the gradients.
-    The plain way for small layers (UP_CONCAT_MIN_WORK), off CPU (not measured there), under
+    The plain way (`up_concat_transposed`) for small layers, off CPU (not measured there), under
     autocast and for other dtypes (as up_concat_thin_conv2d)."""
-    cl = low.shape[1]
-    if (skip.shape[0] * skip.shape[2] * skip.shape[3] * cl < UP_CONCAT_MIN_WORK or low.device.type != "cpu"
-            or torch.is_autocast_enabled("cpu") or low.dtype != torch.float32):
+    if not up_concat_transposed(low, skip):
         return F.conv2d(torch.cat([_NearestUp.apply(low, s), skip], 1), weight, bias, padding=1)
+    cl = low.shape[1]
     taps = _taps_per_offset(s, weight)
     # kernel[o, c] = taps^T weight[o, c] taps for every channel pair, as one matrix product:
     # (o * c, 9) weights times the (9, (s + 2)^2) Kronecker product of taps with itself
