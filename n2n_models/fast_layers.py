@@ -30,6 +30,8 @@ docs/benchmarks.md measures what each brings.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.fx
 import torch.nn.functional as F
@@ -58,6 +60,12 @@ def thin_conv_applies(conv: nn.Module) -> bool:
     """Whether `conv` takes the thin path."""
     return (is_same_3x3(conv) and conv.out_channels // conv.groups <= THIN_MAX_OUT
             and conv.in_channels // conv.groups >= THIN_MIN_IN)
+
+
+def _fast_path_applies(x: torch.Tensor) -> bool:
+    """Whether the paths below apply to input `x`: float32 on CPU, outside autocast (they are
+    measured only there; elsewhere each layer computes the plain way)."""
+    return x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
 
 
 def _shift_sum(taps: torch.Tensor) -> torch.Tensor:
@@ -160,27 +168,35 @@ def _output_from_taps(taps: torch.Tensor, bias: torch.Tensor | None, n: int, h: 
 def thin_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, groups: int = 1) -> torch.Tensor:
     """F.conv2d(x, weight, bias, padding=1, groups=groups) for a 3x3 kernel, computed as above.
     Returns a channels-last tensor. Falls back to F.conv2d off CPU and under autocast."""
-    if x.device.type != "cpu" or torch.is_autocast_enabled("cpu") or x.dtype != torch.float32:
+    if not _fast_path_applies(x):
         return F.conv2d(x, weight, bias, padding=1, groups=groups)
     return _ThinConv.apply(x, weight, bias, groups)
 
 
 # -- a 3x3 convolution of an upsample-and-concatenate ----------------------------------------------
 
-def _taps_per_offset(s: int, like: torch.Tensor) -> torch.Tensor:
-    """(3, (s + 2)): entry (k, u) is 1 where tap k of a 3x3 kernel (along one dimension), applied to
-    an s-fold nearest upsample, reads the low-resolution pixel that sits at offset u of the
-    equivalent transposed convolution (stride s, padding 1): 0 <= u + k - 2 < s."""
-    u = torch.arange(s + 2, device=like.device)
-    k = torch.arange(3, device=like.device).unsqueeze(1)
-    return ((u + k - 2 >= 0) & (u + k - 2 < s)).to(like.dtype)
+@functools.lru_cache(maxsize=None)
+def _taps_per_offset(s: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(9, (s + 2)^2): the Kronecker product of the one-dimensional (3, s + 2) matrix whose entry
+    (k, u) is 1 where tap k of a 3x3 kernel, applied to an s-fold nearest upsample, reads the
+    low-resolution pixel at offset u of the equivalent transposed convolution (stride s,
+    padding 1): 0 <= u + k - 2 < s. A constant per scale, built once."""
+    u = torch.arange(s + 2, device=device)
+    k = torch.arange(3, device=device).unsqueeze(1)
+    taps = ((u + k - 2 >= 0) & (u + k - 2 < s)).to(dtype)
+    return torch.kron(taps, taps)
+
+
+def _up_concat_plain(low: torch.Tensor, skip: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                     s: int) -> torch.Tensor:
+    """The three layers themselves: nearest upsample, concatenation, convolution."""
+    return F.conv2d(torch.cat([_NearestUp.apply(low, s), skip], 1), weight, bias, padding=1)
 
 
 def up_concat_transposed(low: torch.Tensor, skip: torch.Tensor) -> bool:
     """Whether up_concat_conv2d computes these inputs with the transposed convolution: float32 on CPU,
     no autocast, at least UP_CONCAT_MIN_WORK output pixels times upsampled channels."""
-    return (skip.shape[0] * skip.shape[2] * skip.shape[3] * low.shape[1] >= UP_CONCAT_MIN_WORK
-            and low.device.type == "cpu" and not torch.is_autocast_enabled("cpu") and low.dtype == torch.float32)
+    return skip.shape[0] * skip.shape[2] * skip.shape[3] * low.shape[1] >= UP_CONCAT_MIN_WORK and _fast_path_applies(low)
 
 
 def up_concat_conv2d(low: torch.Tensor, skip: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -193,13 +209,12 @@ def up_concat_conv2d(low: torch.Tensor, skip: torch.Tensor, weight: torch.Tensor
     The plain way (`up_concat_transposed`) for small layers, off CPU (not measured there), under
     autocast and for other dtypes (as up_concat_thin_conv2d)."""
     if not up_concat_transposed(low, skip):
-        return F.conv2d(torch.cat([_NearestUp.apply(low, s), skip], 1), weight, bias, padding=1)
+        return _up_concat_plain(low, skip, weight, bias, s)
     cl = low.shape[1]
-    taps = _taps_per_offset(s, weight)
     # kernel[o, c] = taps^T weight[o, c] taps for every channel pair, as one matrix product:
     # (o * c, 9) weights times the (9, (s + 2)^2) Kronecker product of taps with itself
     o, k = weight.shape[0], s + 2
-    kernel = weight[:, :cl].reshape(o * cl, 9) @ torch.kron(taps, taps)
+    kernel = weight[:, :cl].reshape(o * cl, 9) @ _taps_per_offset(s, weight.dtype, weight.device)
     kernel = kernel.view(o, cl, k, k).transpose(0, 1)
     out = F.conv2d(skip, weight[:, cl:], bias, padding=1)
     return out.add_(F.conv_transpose2d(low, kernel, stride=s, padding=1))
@@ -257,9 +272,8 @@ def up_concat_thin_conv2d(low: torch.Tensor, skip: torch.Tensor, weight: torch.T
     """F.conv2d(torch.cat([F.interpolate(low, scale_factor=s), skip], 1), weight, bias, padding=1) for
     a thin 3x3 kernel (one group), computed as _UpConcatThinConv does; the plain way off CPU, under
     autocast and for other dtypes."""
-    if low.device.type != "cpu" or torch.is_autocast_enabled("cpu") or low.dtype != torch.float32:
-        return F.conv2d(torch.cat([F.interpolate(low, scale_factor=s, mode="nearest"), skip], 1), weight, bias,
-                        padding=1)
+    if not _fast_path_applies(low):
+        return _up_concat_plain(low, skip, weight, bias, s)
     return _UpConcatThinConv.apply(low, skip, weight, bias, s)
 
 
