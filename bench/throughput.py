@@ -2,7 +2,8 @@
 replicas against sequential ones, measured side by side in one run.
 
     python bench/throughput.py [--threads 2] [--models tnet,unet,basenet] [--batch-sizes 16,32,64]
-                               [--rounds 9] [--seeds 5] [--quick]
+                               [--rounds 9] [--seeds 5] [--quick] [--sections loops,layers,...]
+                               [--repeat N]
 
 The reference loop trains the way the report's own code does: the data as one float tensor,
 shuffled once per epoch, sliced per batch and divided by 255 per batch, a standard module forward
@@ -14,6 +15,8 @@ figures are medians over rounds and ratios of medians. Printed:
   1. the machine's matrix-multiply peak: a large torch.mm on the same threads (GFLOP/s);
   2. per model and batch size: images/s of the reference and the project's loop, the speed-up,
      the model's training FLOPs (torch.utils.flop_counter) and the share of the peak reached;
+     with --repeat N, N such comparisons in a row and, per model and batch size, the sorted
+     speed-ups and their median (the machine's drift shows between runs, not within one);
   3. TNet at batch 32: what each ingredient brings (layout, Adam kernel) and what was measured
      but not adopted (torch.compile, bfloat16 autocast);
   4. each convolution of an upsample-and-concatenate that fast_layers computes as one layer
@@ -194,7 +197,8 @@ def load_line() -> str:
 
 
 # -- the sections ---------------------------------------------------------------------------------
-def loop_vs_reference(pairs, model: str, batch_size: int, steps: int, rounds: int, peak: float):
+def loop_vs_reference(pairs, model: str, batch_size: int, steps: int, rounds: int, peak: float) -> tuple[float, float]:
+    """Print one row of the loops table; returns (ratio of the median times, median per-round ratio)."""
     n = steps * batch_size
     times, diff = reference_and_project(pairs.train_a[:n], pairs.train_b[:n], model, batch_size, rounds)
     flops = training_flops(model, {}, batch_size)
@@ -205,6 +209,17 @@ def loop_vs_reference(pairs, model: str, batch_size: int, steps: int, rounds: in
           f"{ips['project'] / ips['reference']:8.2f}x {med(per_round):7.2f}x ({per_round[0]:.2f}-{per_round[-1]:.2f}) "
           f"{flops / batch_size / 1e6:9.1f} {100 * share['reference']:7.1f}% {100 * share['project']:7.1f}%   "
           f"{diff:.1e}", flush=True)
+    return ips["project"] / ips["reference"], med(per_round)
+
+
+def repeat_summary(runs: dict):
+    """After --repeat: per model and batch size, every run's speed-ups, sorted, and their median."""
+    print(f"\n{'model':8s} {'batch':>5s} {'runs':>4s}  statistic over runs: sorted values, median")
+    for (model, bs), results in runs.items():
+        for i, name in enumerate(("ratio of the median times", "median of the per-round ratios")):
+            values = sorted(r[i] for r in results)
+            print(f"{model:8s} {bs:5d} {len(values):4d}  {name:31s} {', '.join(f'{v:.2f}' for v in values)}; "
+                  f"median {med(values):.2f}x")
 
 
 def ingredients(pairs, steps: int, rounds: int):
@@ -400,7 +415,11 @@ def main(argv=None):
     ap.add_argument("--sections", default=",".join(SECTIONS),
                     help=f"any of {', '.join(SECTIONS)} (the peak is always measured)")
     ap.add_argument("--amp-epochs", type=int, default=5)
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run the loops comparison this many times (fresh loops each time) and summarise")
     args = ap.parse_args(argv)
+    if args.repeat < 1:
+        ap.error(f"--repeat must be at least 1, got {args.repeat}")
     sections = set(args.sections.split(","))
     unknown = sections - set(SECTIONS)
     if unknown:
@@ -416,11 +435,16 @@ def main(argv=None):
         print(f"\n{'model':8s} {'batch':>5s} {'ref img/s':>11s} {'ours img/s':>11s} {'speed-up':>9s} "
               f"{'per round: median (range)':>26s} {'MFLOP/img':>9s} {'ref peak':>8s} {'our peak':>8s}   "
               f"max rel. loss diff")
-        for model in args.models.split(","):
-            steps = max(4, int({"unet": 12}.get(model, 48) * scale))
-            for bs in (int(x) for x in args.batch_sizes.split(",")):
-                loop_vs_reference(pairs, model, bs, max(2, steps * 32 // bs), args.rounds, peak)
+        runs = {}
+        for _ in range(args.repeat):
+            for model in args.models.split(","):
+                steps = max(4, int({"unet": 12}.get(model, 48) * scale))
+                for bs in (int(x) for x in args.batch_sizes.split(",")):
+                    runs.setdefault((model, bs), []).append(
+                        loop_vs_reference(pairs, model, bs, max(2, steps * 32 // bs), args.rounds, peak))
         print(f"({load_line()})")
+        if args.repeat > 1:
+            repeat_summary(runs)
     if "ingredients" in sections:
         ingredients(pairs, max(8, int(48 * scale)), args.rounds)
     if "layers" in sections:

@@ -68,18 +68,20 @@ def _fast_path_applies(x: torch.Tensor) -> bool:
     return x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
 
 
-def _shift_sum(taps: torch.Tensor) -> torch.Tensor:
+def _shift_sum(taps: torch.Tensor, start: torch.Tensor | None = None) -> torch.Tensor:
     """taps (3, 3, ..., H, W): what each pixel sends through each kernel tap -> (..., H, W), the
-    sum over taps of taps[ky, kx] moved by (ky - 1, kx - 1), zero beyond the border."""
+    sum over taps of taps[ky, kx] moved by (ky - 1, kx - 1), zero beyond the border, plus `start`
+    (broadcast; the bias) when given."""
     h, w = taps.shape[-2:]
-    out = taps[1, 1].clone()
+    out = taps[1, 1].clone() if start is None else taps[1, 1] + start
     for ky in range(3):
         for kx in range(3):
             if ky == 1 and kx == 1:
                 continue
             dy, dx = ky - 1, kx - 1
             h0, h1, w0, w1 = max(0, -dy), h - max(0, dy), max(0, -dx), w - max(0, dx)
-            out[..., h0:h1, w0:w1] += taps[ky, kx, ..., h0 + dy:h1 + dy, w0 + dx:w1 + dx]
+            # add_ on the view: `out[...] += t` would also copy the sum back onto itself (__setitem__)
+            out[..., h0:h1, w0:w1].add_(taps[ky, kx, ..., h0 + dy:h1 + dy, w0 + dx:w1 + dx])
     return out
 
 
@@ -159,9 +161,8 @@ def _output_from_taps(taps: torch.Tensor, bias: torch.Tensor | None, n: int, h: 
     """taps (g, 9 * o, N * H * W), row (ky, kx, o) of group i -> the convolution's output
     (N, g * o, H, W), channels-last: the shifted sum over taps, plus the bias."""
     g, o = taps.shape[0], taps.shape[1] // 9
-    out = _shift_sum(taps.view(g, 3, 3, o, n, h, w).permute(1, 2, 0, 3, 4, 5, 6))  # (g, o, n, h, w)
-    if bias is not None:
-        out += bias.view(g, o, 1, 1, 1)
+    out = _shift_sum(taps.view(g, 3, 3, o, n, h, w).permute(1, 2, 0, 3, 4, 5, 6),  # (g, o, n, h, w)
+                     None if bias is None else bias.view(g, o, 1, 1, 1))
     return out.permute(2, 3, 4, 0, 1).contiguous().view(n, h, w, g * o).permute(0, 3, 1, 2)
 
 

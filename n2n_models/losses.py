@@ -10,7 +10,9 @@ LOSSES = ("l2", "l1", "hdr", "l0")
 
 
 def _per_sample(x: torch.Tensor) -> torch.Tensor:
-    return x.flatten(1).mean(1)
+    """The mean over every dimension but the first, in memory order (flatten(1) would copy a
+    channels-last tensor first)."""
+    return x.mean(tuple(range(1, x.dim()))) if x.dim() > 1 else x
 
 
 def l2(pred: torch.Tensor, target: torch.Tensor, progress: float = 0.0) -> torch.Tensor:

@@ -138,3 +138,17 @@ def test_the_throughput_bench_refuses_an_unknown_section_before_measuring(capsys
     assert stop.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "unknown section(s) layer" in err and "layers" in err
+
+
+def test_the_throughput_bench_refuses_a_repeat_below_one_before_measuring(capsys):
+    with pytest.raises(SystemExit) as stop:
+        _bench().main(["--sections", "loops", "--repeat", "0"])
+    assert stop.value.code == 2
+    assert "--repeat must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_the_throughput_bench_summarises_repeated_runs_sorted_with_their_median(capsys):
+    _bench().repeat_summary({("tnet", 32): [(1.62, 1.50), (1.41, 1.55), (1.55, 1.38)]})
+    lines = [" ".join(line.split()) for line in capsys.readouterr().out.strip().splitlines()[1:]]
+    assert lines == ["tnet 32 3 ratio of the median times 1.41, 1.55, 1.62; median 1.55x",
+                     "tnet 32 3 median of the per-round ratios 1.38, 1.50, 1.55; median 1.50x"]
