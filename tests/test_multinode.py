@@ -167,6 +167,12 @@ def test_trials_of_a_lost_worker_finish_on_the_other_from_their_checkpoint(three
         nodes = h["node_id"].tolist()
         if name not in removal["trials"] or removal["epochs"][name] == epochs:
             continue  # ran on the survivor, or had already finished when its node went
+        if survivor not in nodes:
+            # a fast trial can deliver its last epochs between the snapshot above and the kill
+            # taking effect (a simulated node's processes outlive its raylet by a moment): then it
+            # finished where it was, every epoch from the lost node
+            assert set(nodes) == {removal["node_id"]}, (name, nodes)
+            continue
         # epochs 1..k on the lost node, k+1..end on the survivor, k at least the epoch it had
         # reported when the node was killed
         k = nodes.index(survivor)
