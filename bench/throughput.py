@@ -425,6 +425,7 @@ def main(argv=None):
     if unknown:
         ap.error(f"unknown section(s) {', '.join(sorted(unknown))}; choose from {', '.join(SECTIONS)}")
     torch.set_num_threads(args.threads)
+    models, batch_sizes = args.models.split(","), [int(x) for x in args.batch_sizes.split(",")]
     scale = 0.25 if args.quick else 1.0
     pairs = load_pairs("synthetic", "pixelate", train_size=4096, val_size=16, seed=0)
     print(f"torch {torch.__version__}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, "
@@ -437,9 +438,9 @@ def main(argv=None):
               f"max rel. loss diff")
         runs = {}
         for _ in range(args.repeat):
-            for model in args.models.split(","):
+            for model in models:
                 steps = max(4, int({"unet": 12}.get(model, 48) * scale))
-                for bs in (int(x) for x in args.batch_sizes.split(",")):
+                for bs in batch_sizes:
                     runs.setdefault((model, bs), []).append(
                         loop_vs_reference(pairs, model, bs, max(2, steps * 32 // bs), args.rounds, peak))
         print(f"({load_line()})")
@@ -448,8 +449,7 @@ def main(argv=None):
     if "ingredients" in sections:
         ingredients(pairs, max(8, int(48 * scale)), args.rounds)
     if "layers" in sections:
-        fused_layers([m for m in args.models.split(",") if m != "basenet"],
-                     [int(x) for x in args.batch_sizes.split(",")], max(2, int(8 * scale)), args.rounds)
+        fused_layers(models, batch_sizes, max(2, int(8 * scale)), args.rounds)  # none in BaseNet: no rows
     if "fused" in sections:
         fused_vs_sequential(pairs, args.seeds, max(4, int(24 * scale)), args.rounds)
     if "amp" in sections:
