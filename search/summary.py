@@ -33,7 +33,10 @@ def trial_rows(experiment, results) -> pd.DataFrame:
         elif bool((result.metrics or {}).get("diverged", False)):
             row["status"] = "diverged"
         elif row["epochs"] < experiment.epochs:
-            row["status"] = "stopped early"
+            # as analysis/load.py: a trial ASHA stopped ended its last result with done; one that a
+            # Ctrl-C left running (or that never started) did not
+            done = bool((result.metrics or {}).get("done", False))
+            row["status"] = "stopped early" if done else "unfinished"
         else:
             row["status"] = "finished"
         row["_result"] = result

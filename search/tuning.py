@@ -90,7 +90,9 @@ def check_reachable(address: str, timeout: float = 10.0):
 
 
 def trial_resources(experiment: Experiment, joined: bool = False) -> tuple[float, float, int]:
-    """(cpus, gpus) per trial and the number of trials the cluster can run at once."""
+    """(cpus, gpus) per trial and the number of trials the cluster can run at once. A trial that no
+    machine of a local Ray can hold is a usage error (it would wait for ever); on a joined cluster
+    it is a warning, since an autoscaler may add such a node."""
     total = ray.cluster_resources()
     cpus, gpus_total = experiment.cpus_per_trial, total.get("GPU", 0)
     gpus = experiment.gpus_per_trial
@@ -99,9 +101,7 @@ def trial_resources(experiment: Experiment, joined: bool = False) -> tuple[float
         if joined and gpus_total == 0:
             log("note: the cluster has no GPU now, so trials run on CPUs; on an autoscaling GPU cluster "
                 "pass --gpus-per-trial 0.25 --max-concurrent N")
-    if gpus > 0 and gpus_total == 0 and not experiment.max_concurrent:
-        log(f"warning: --gpus-per-trial {gpus:g} but the cluster has no GPU now; trials wait for GPU nodes. "
-            f"On an autoscaling cluster pass --max-concurrent N (trials at a time once workers are up)")
+    check_trial_fits(cpus, gpus, joined, experiment.max_concurrent)
     slot_counts = []
     if cpus > 0:
         slot_counts.append(math.floor(total.get("CPU", 0) / cpus + 1e-9))
@@ -109,6 +109,24 @@ def trial_resources(experiment: Experiment, joined: bool = False) -> tuple[float
         slot_counts.append(math.floor(gpus_total / gpus + 1e-9))
     slots = experiment.max_concurrent or max(1, min(slot_counts) if slot_counts else 1)
     return cpus, gpus, slots
+
+
+def check_trial_fits(cpus: float, gpus: float, joined: bool, max_concurrent: int | None):
+    """A trial's CPUs and GPUs must fit on one node (Tune places each trial on a single node)."""
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    if any(r.get("CPU", 0) + 1e-9 >= cpus and r.get("GPU", 0) + 1e-9 >= gpus for r in nodes):
+        return
+    largest = max(nodes, key=lambda r: (r.get("GPU", 0), r.get("CPU", 0)), default={})
+    has = f"{largest.get('CPU', 0):g} CPUs and {largest.get('GPU', 0):g} GPUs"
+    asked = f"a trial asks for {cpus:g} CPU and {gpus:g} GPU"
+    if not joined:
+        flags = [f for f, need, key in (("--cpus-per-trial", cpus, "CPU"), ("--gpus-per-trial", gpus, "GPU"))
+                 if need > largest.get(key, 0) + 1e-9]
+        raise UsageError(f"{asked}, but this machine has {has}, so no trial could ever start; lower "
+                         f"{' and '.join(flags)}, or join a bigger cluster with --address")
+    hint = "" if max_concurrent else "; pass --max-concurrent N (trials at a time once workers are up)"
+    log(f"warning: {asked}, but no node of the cluster has that now (the largest has {has}); trials wait "
+        f"until an autoscaler adds such a node{hint}")
 
 
 def load_data(experiment: Experiment) -> dict:

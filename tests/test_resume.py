@@ -98,6 +98,8 @@ def test_sigint_then_resume_finishes_every_trial_from_its_checkpoint(tmp_path):
     rc, output, _, checkpointed = interrupt_midway(tmp_path, "interrupted", signal.SIGINT)
     assert rc == 130, "an interrupted search must not claim success"
     assert "--resume" in output
+    summary = next(line for line in output.splitlines() if line.startswith("Search ") and " interrupted after " in line)
+    assert "unfinished" in summary and "stopped early" not in summary, summary  # fifo stops none early
     assert part_way(checkpointed), f"the interrupt came while some trial was part-way through: {checkpointed}"
     resume(tmp_path, "interrupted")
     assert_every_trial_completed_once_and_part_way_ones_continued(tmp_path / "interrupted")

@@ -111,3 +111,28 @@ def test_help_lists_the_spaces():
     assert proc.returncode == 0
     for space in ("tnet", "unet", "basenet", "lr-grid", "models"):
         assert space in proc.stdout
+
+
+def test_a_trial_larger_than_the_local_machine_exits_2_instead_of_waiting(tmp_path):
+    """The local Ray is this machine: a trial that asks for more CPUs than it has could never start
+    (Tune would wait for ever). Checked once Ray is up, before anything is written."""
+    proc = run_cli("--budget", "smoke", "--data", "synthetic", "--cpus-per-trial", "4096",
+                   "--storage", str(tmp_path / "runs"), timeout=180)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("search/run.py: error: a trial asks for 4096 CPU") and "--cpus-per-trial" in last, last
+    assert "--gpus-per-trial" not in last, "only the flag that does not fit is named"
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "runs").exists(), "nothing is written"
+
+
+def test_a_trial_needing_more_gpus_than_the_local_ray_has_exits_2(local_ray, tmp_path, capsys):
+    gpus = int(local_ray.cluster_resources()["GPU"])
+    assert main(["--budget", "smoke", "--data", "synthetic", "--gpus-per-trial", str(gpus + 1),
+                 "--storage", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{gpus} GPUs" in err[0] and "--gpus-per-trial" in err[0], err
+    assert not (tmp_path / "runs").exists()
+    # what fits is accepted: the same Ray runs a trial that asks for all of its GPUs
+    from search.tuning import check_trial_fits
+    check_trial_fits(1, gpus, joined=False, max_concurrent=None)
