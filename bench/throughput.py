@@ -24,7 +24,9 @@ figures are medians over rounds and ratios of medians. Printed:
   5. K fused seed replicas against K sequential ones, and against the previous fused
      implementation (torch.func vmap over stacked weights);
   6. mixed precision (TrainSpec.amp: bfloat16 autocast on CPU): its effect on validation PSNR
-     after a short training on the built-in photos, against float32, same seeds.
+     after a short training on the built-in photos, against float32, same seeds;
+  7. evaluation: a trial's 500 validation images through `ReplicaTrainer.evaluate` in one chunk
+     against chunks of 128 and of 64 images (`eval_batch_size`, the default on CPU), per model.
 """
 from __future__ import annotations
 
@@ -401,7 +403,26 @@ def amp_effect(epochs: int, seeds: int, device="cpu", model: str = "tnet", fused
           f"{(half - full).abs().max():.3f} dB largest; time ratio {t_full / t_half:.2f}x")
 
 
-SECTIONS = ("loops", "ingredients", "layers", "fused", "amp")
+SECTIONS = ("loops", "ingredients", "layers", "fused", "amp", "evaluation")
+
+
+def evaluation_chunks(models: list[str], rounds: int, images: int = 500, chunks=(1000, 128, 64)):
+    """Print, per model, the time to evaluate `images` validation images in each chunk size
+    (alternating rounds) and the speed-up of each over one chunk; the PSNRs must agree."""
+    val = load_pairs("synthetic", "pixelate", train_size=64, val_size=images, seed=0)
+    print(f"\nevaluation of {images} validation images (ReplicaTrainer.evaluate, one seed), by images per "
+          f"forward pass, {rounds} rounds ({load_line()})")
+    print(f"{'model':8s} " + " ".join(f"{f'{c} ms':>9s}" for c in chunks) + "   "
+          + " ".join(f"{f'{c} vs {chunks[0]}':>11s}" for c in chunks[1:]) + "   largest PSNR difference (dB)")
+    for model in models:
+        trainer = ReplicaTrainer(TrainSpec(model, lr=LR, batch_size=32, seeds=(0,)), fused=False)
+        psnr = {c: trainer.evaluate(val.val_noisy, val.val_clean, batch_size=c) for c in chunks}
+        diff = max(float((psnr[c] - psnr[chunks[0]]).abs().max()) for c in chunks)
+        times = side_by_side({c: (lambda c=c: trainer.evaluate(val.val_noisy, val.val_clean, batch_size=c))
+                              for c in chunks}, rounds)
+        ms = {c: 1e3 * med(t) for c, t in times.items()}
+        print(f"{model:8s} " + " ".join(f"{ms[c]:9.1f}" for c in chunks) + "   "
+              + " ".join(f"{ms[chunks[0]] / ms[c]:10.2f}x" for c in chunks[1:]) + f"   {diff:.1e}", flush=True)
 
 
 def main(argv=None):
@@ -454,6 +475,8 @@ def main(argv=None):
         fused_vs_sequential(pairs, args.seeds, max(4, int(24 * scale)), args.rounds)
     if "amp" in sections:
         amp_effect(max(1, int(args.amp_epochs * scale)), 3)
+    if "evaluation" in sections:
+        evaluation_chunks(models, max(3, int(args.rounds * scale)))
 
 
 if __name__ == "__main__":

@@ -76,3 +76,27 @@ def test_unet_with_batch_norm_trains_when_the_last_batch_would_hold_one_image():
     trainer = ReplicaTrainer(TrainSpec("unet", hparams={"batchnorm": True}, batch_size=32, epochs=1, seeds=(0,)))
     loss = trainer.train_epoch(pairs.train_a, pairs.train_b)
     assert torch.isfinite(loss).all()
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_evaluation_in_chunks_gives_what_one_pass_over_all_images_gives(fused):
+    """The default evaluation chunk (`eval_batch_size`) splits the validation set; a last, partial
+    chunk included, the PSNRs and the denoised images are those of one pass over every image."""
+    from n2n_models.train import eval_batch_size
+
+    chunk = eval_batch_size("cpu")
+    pairs = load_pairs("synthetic", "pixelate", train_size=64, val_size=2 * chunk + 7, seed=5)
+    trainer = ReplicaTrainer(TrainSpec("tnet", lr=1e-3, batch_size=32, seeds=(0, 1)), fused=fused)
+    trainer.train_epoch(pairs.train_a, pairs.train_b)
+    n = len(pairs.val_noisy)
+    chunked = trainer.evaluate(pairs.val_noisy, pairs.val_clean)
+    whole = trainer.evaluate(pairs.val_noisy, pairs.val_clean, batch_size=n)
+    torch.testing.assert_close(chunked, whole, rtol=1e-6, atol=1e-5)
+    images = trainer.predict(pairs.val_noisy)
+    assert images.shape == (2, n, 3, 32, 32)
+    torch.testing.assert_close(images, trainer.predict(pairs.val_noisy, batch_size=n), rtol=0, atol=1e-5)
+    # each image's PSNR from the chunked images, averaged, is the evaluation's figure
+    from n2n_models.metrics import psnr_per_image
+    clean = pairs.val_clean.float() / 255
+    torch.testing.assert_close(torch.stack([psnr_per_image(o, clean).mean() for o in images]), chunked,
+                               rtol=1e-6, atol=1e-5)
