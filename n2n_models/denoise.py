@@ -160,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         except ModelFileError as e:
             raise InputError(str(e)) from None
         images = [read_image(p) for p in args.images]  # check every input before writing anything
+        if os.path.exists(args.out) and not os.path.isdir(args.out):
+            raise InputError(f"--out {args.out} exists and is not a folder")
         try:
             os.makedirs(args.out, exist_ok=True)
         except OSError as e:

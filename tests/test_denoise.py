@@ -145,6 +145,16 @@ def test_bad_input_exits_2_with_one_line(model_file, tmp_path, case, capsys):
     assert not (tmp_path / "out").exists(), "nothing is written when an input is bad"
 
 
+def test_an_out_that_is_a_file_exits_2_and_keeps_the_file(model_file, tmp_path, capsys):
+    good = tmp_path / "good.png"
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(good)
+    (tmp_path / "out").write_text("keep me")
+    assert main(["--model", str(model_file), str(good), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"n2n_models.denoise: error: --out {tmp_path / 'out'} exists and is not a folder"]
+    assert (tmp_path / "out").read_text() == "keep me"
+
+
 def test_bad_input_from_the_command_line_has_no_traceback(tmp_path):
     run = subprocess.run([sys.executable, "-m", "n2n_models.denoise", "--model", str(tmp_path / "none.pt"),
                           str(tmp_path / "x.png"), "--out", str(tmp_path)], capture_output=True, text=True,
