@@ -17,8 +17,9 @@ figures are medians over rounds and ratios of medians. Printed:
      the model's training FLOPs (torch.utils.flop_counter) and the share of the peak reached;
      with --repeat N, N such comparisons in a row and, per model and batch size, the sorted
      speed-ups and their median (the machine's drift shows between runs, not within one);
-  3. TNet at batch 32: what each ingredient brings (layout, Adam kernel) and what was measured
-     but not adopted (torch.compile, bfloat16 autocast);
+  3. TNet at batch 32: what each ingredient brings (layout, Adam kernel, fast layers) and what
+     was measured but not adopted (torch.compile, bfloat16 autocast); then each adopted ingredient
+     again against the loop just before it, the two alone;
   4. each convolution of an upsample-and-concatenate that fast_layers computes as one layer
      (TNet's and UNet's decoders), alone, against the standard layers it replaces;
   5. K fused seed replicas against K sequential ones, and against the previous fused
@@ -257,6 +258,20 @@ def ingredients(pairs, steps: int, rounds: int):
     if compiled is not None:
         print(f"torch.compile: the first step takes {compiled[1]:.1f} s with an empty compiler cache, "
               f"{compiled[2]:.1f} s in a later process with the cache filled")
+    # with seven variants in a round each runs between two others, which moves caches and clocks
+    # more than two do: each adopted ingredient again, against the loop just before it, alone
+    steps_in_order = [("+ channels-last", previous, layout), ("+ fused Adam", layout, adam),
+                      ("+ fast layers", adam, ours)]
+    print(f"\neach ingredient against the loop just before it, the two alone, alternating, {rounds} rounds "
+          f"({load_line()})")
+    print(f"{'ingredient':20s} {'before img/s':>12s} {'after img/s':>12s} {'speed-up':>9s} {'per round: median (range)':>27s}")
+    for name, before, after in steps_in_order:
+        times = side_by_side({"before": lambda t=before: t.train_epoch(a, b),
+                              "after": lambda t=after: t.train_epoch(a, b)}, rounds)
+        per_round = sorted(x / y for x, y in zip(times["before"], times["after"]))
+        print(f"{name:20s} {n / med(times['before']):12.0f} {n / med(times['after']):12.0f} "
+              f"{med(times['before']) / med(times['after']):8.2f}x {med(per_round):8.2f}x "
+              f"({per_round[0]:.2f}-{per_round[-1]:.2f})", flush=True)
 
 
 def upsample_concat_layers(model: str, batch_size: int) -> list[tuple[str, nn.Module, torch.Size, torch.Size]]:
