@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from n2n_models.data import load_pairs
-from n2n_models.metrics import psnr_uint8
-from n2n_models.train import ReplicaTrainer, TrainSpec
+from n2n_models.metrics import psnr_per_image, psnr_uint8
+from n2n_models.train import ReplicaTrainer, TrainSpec, eval_batch_size
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +82,6 @@ def test_unet_with_batch_norm_trains_when_the_last_batch_would_hold_one_image():
 def test_evaluation_in_chunks_gives_what_one_pass_over_all_images_gives(fused):
     """The default evaluation chunk (`eval_batch_size`) splits the validation set; a last, partial
     chunk included, the PSNRs and the denoised images are those of one pass over every image."""
-    from n2n_models.train import eval_batch_size
-
     chunk = eval_batch_size("cpu")
     pairs = load_pairs("synthetic", "pixelate", train_size=64, val_size=2 * chunk + 7, seed=5)
     trainer = ReplicaTrainer(TrainSpec("tnet", lr=1e-3, batch_size=32, seeds=(0, 1)), fused=fused)
@@ -96,7 +94,6 @@ def test_evaluation_in_chunks_gives_what_one_pass_over_all_images_gives(fused):
     assert images.shape == (2, n, 3, 32, 32)
     torch.testing.assert_close(images, trainer.predict(pairs.val_noisy, batch_size=n), rtol=0, atol=1e-5)
     # each image's PSNR from the chunked images, averaged, is the evaluation's figure
-    from n2n_models.metrics import psnr_per_image
     clean = pairs.val_clean.float() / 255
     torch.testing.assert_close(torch.stack([psnr_per_image(o, clean).mean() for o in images]), chunked,
                                rtol=1e-6, atol=1e-5)
