@@ -17,7 +17,8 @@ CPU (`speed_up`); models, checkpoints and the reference loop keep the standard l
   resolution input with stride s, whose kernel sums the taps that read the same low-resolution
   pixel. So the upsampled channels cost (s + 2)^2 multiply-adds per low-resolution pixel instead
   of 9 s^2 (36 against 144 for s = 4, 16 against 36 for s = 2), and neither the upsampled nor the
-  concatenated tensor is built. The skip channels stay an ordinary convolution.
+  concatenated tensor is built. The skip channels stay an ordinary convolution. The fused
+  replicas' grouped version is `GroupedUpConcatConv2d`.
 - `UpConcatThinConv2d`: the same pattern before a thin convolution, as in TNet's `dec1`. The
   upsampled half's matrix products run at the low resolution (a quarter of the pixels for s = 2)
   and their results are spread over each s x s block (14-22% of a TNet step on CPU).
@@ -188,37 +189,55 @@ def _taps_per_offset(s: int, dtype: torch.dtype, device: torch.device) -> torch.
     return torch.kron(taps, taps)
 
 
+def grouped_cat(tensors, k: int) -> torch.Tensor:
+    """torch.cat(tensors, 1) of each of k groups' channels, for tensors whose channels are k equal
+    groups (the fused replicas' layout: group i holds replica i's channels)."""
+    if k == 1:
+        return torch.cat(tensors, 1)
+    n, _, h, w = tensors[0].shape
+    if all(t.is_contiguous(memory_format=torch.channels_last) for t in tensors):
+        parts = [t.permute(0, 2, 3, 1).view(n, h, w, k, -1) for t in tensors]  # views, no copy
+        return torch.cat(parts, -1).view(n, h, w, -1).permute(0, 3, 1, 2)
+    return torch.cat([t.unflatten(1, (k, -1)) for t in tensors], 2).flatten(1, 2)
+
+
 def _up_concat_plain(low: torch.Tensor, skip: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                     s: int) -> torch.Tensor:
-    """The three layers themselves: nearest upsample, concatenation, convolution."""
-    return F.conv2d(torch.cat([_NearestUp.apply(low, s), skip], 1), weight, bias, padding=1)
+                     s: int, groups: int = 1) -> torch.Tensor:
+    """The three layers themselves: nearest upsample, concatenation (per group), convolution."""
+    return F.conv2d(grouped_cat([_NearestUp.apply(low, s), skip], groups), weight, bias, padding=1, groups=groups)
 
 
-def up_concat_transposed(low: torch.Tensor, skip: torch.Tensor) -> bool:
+def up_concat_transposed(low: torch.Tensor, skip: torch.Tensor, groups: int = 1) -> bool:
     """Whether up_concat_conv2d computes these inputs with the transposed convolution: float32 on CPU,
-    no autocast, at least UP_CONCAT_MIN_WORK output pixels times upsampled channels."""
-    return skip.shape[0] * skip.shape[2] * skip.shape[3] * low.shape[1] >= UP_CONCAT_MIN_WORK and _fast_path_applies(low)
+    no autocast, at least UP_CONCAT_MIN_WORK output pixels times upsampled channels (per group)."""
+    work = skip.shape[0] * skip.shape[2] * skip.shape[3] * (low.shape[1] // groups)
+    return work >= UP_CONCAT_MIN_WORK and _fast_path_applies(low)
 
 
 def up_concat_conv2d(low: torch.Tensor, skip: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                     s: int) -> torch.Tensor:
+                     s: int, groups: int = 1) -> torch.Tensor:
     """F.conv2d(torch.cat([F.interpolate(low, scale_factor=s), skip], 1), weight, bias, padding=1) for a
     3x3 kernel (one group), without the upsampled or the concatenated tensor: the upsampled
     channels' share is F.conv_transpose2d(low, kernel, stride=s, padding=1), where kernel[c, o, u, v]
     sums weight[o, c, ky, kx] over the taps that read the same low-resolution pixel. The same
     sums in another order; every operation is differentiable, so autograd gives the gradients.
     The plain way (`up_concat_transposed`) for small layers, off CPU (not measured there), under
-    autocast and for other dtypes (as up_concat_thin_conv2d)."""
-    if not up_concat_transposed(low, skip):
-        return _up_concat_plain(low, skip, weight, bias, s)
-    cl = low.shape[1]
+    autocast and for other dtypes (as up_concat_thin_conv2d). With `groups` g, the channels of
+    low, skip and the output are g equal groups and group i convolves the concatenation of low's
+    and skip's group i (the fused replicas' layout)."""
+    if not up_concat_transposed(low, skip, groups):
+        return _up_concat_plain(low, skip, weight, bias, s, groups)
+    g, cl = groups, low.shape[1] // groups
     # kernel[o, c] = taps^T weight[o, c] taps for every channel pair, as one matrix product:
     # (o * c, 9) weights times the (9, (s + 2)^2) Kronecker product of taps with itself
-    o, k = weight.shape[0], s + 2
-    kernel = weight[:, :cl].reshape(o * cl, 9) @ _taps_per_offset(s, weight.dtype, weight.device)
-    kernel = kernel.view(o, cl, k, k).transpose(0, 1)
-    out = F.conv2d(skip, weight[:, cl:], bias, padding=1)
-    return out.add_(F.conv_transpose2d(low, kernel, stride=s, padding=1))
+    o, k = weight.shape[0] // g, s + 2
+    kernel = weight[:, :cl].reshape(g * o * cl, 9) @ _taps_per_offset(s, weight.dtype, weight.device)
+    if g == 1:
+        kernel = kernel.view(o, cl, k, k).transpose(0, 1)
+    else:  # transposed convolutions take (in, out per group, k, k) weights, groups along `in`
+        kernel = kernel.view(g, o, cl, k, k).transpose(1, 2).reshape(g * cl, o, k, k)
+    out = F.conv2d(skip, weight[:, cl:], bias, padding=1, groups=g)
+    return out.add_(F.conv_transpose2d(low, kernel, stride=s, padding=1, groups=g))
 
 
 class _UpConcatThinConv(torch.autograd.Function):
@@ -355,6 +374,37 @@ def _integer_nearest(m: nn.Module) -> int | None:
     return int(s) if s is not None and float(s).is_integer() and s >= 1 else None
 
 
+class GroupedUpConcatConv2d(nn.Module):
+    """The fused replicas' grouped convolution of a per-replica upsample-and-concatenate, called as
+    `conv(low, skip)`, computed with `up_concat_conv2d(..., groups=replicas)`. It holds the grouped
+    convolution's own parameters (stacked per replica, same state-dict names)."""
+
+    def __init__(self, conv: nn.Module, scale: int):
+        super().__init__()
+        self.weight, self.bias, self.replicas, self.scale = conv.weight, conv.bias, conv.replicas, scale
+
+    def forward(self, low: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        bias = None if self.bias is None else self.bias.flatten()
+        return up_concat_conv2d(low, skip, self.weight.flatten(0, 1), bias, self.scale, self.replicas)
+
+    def extra_repr(self) -> str:
+        return f"replicas={self.replicas}, weight={tuple(self.weight.shape)}, scale={self.scale}"
+
+
+def _one_group_3x3(m: nn.Module) -> bool:
+    return type(m) is nn.Conv2d and m.groups == 1 and is_same_3x3(m)
+
+
+def _replicas_3x3(m: nn.Module) -> int:
+    """For the fused replicas' grouped convolution (a module with `replicas` and stacked weights of
+    shape (K, out, in, 3, 3)) of a one-group, same-size 3x3 convolution: K; else 0."""
+    k = getattr(m, "replicas", 0)
+    if not k or getattr(m, "transposed", True) or getattr(m, "groups", 0) != 1:
+        return 0
+    same = m.stride == (1, 1) and m.padding == (1, 1) and m.dilation == (1, 1)
+    return k if same and tuple(m.weight.shape[-2:]) == (3, 3) else 0
+
+
 # -- swapping them in -----------------------------------------------------------------------------
 
 def _through_identities(node: torch.fx.Node, gm: torch.fx.GraphModule) -> torch.fx.Node:
@@ -369,38 +419,57 @@ def fuse_upsample_concat(model: nn.Module) -> nn.Module:
     with `up` an integer nearest upsample, possibly through nn.Identity layers, and nothing else
     reads the upsampled or the concatenated tensor, compute it with UpConcatThinConv2d when the
     convolution is thin (TNet's `dec1`), else with UpConcatConv2d (TNet's `dec2` and `dec3`,
-    UNet's decoder). Returns a torch.fx.GraphModule with the same state-dict names and parameters
-    when that pattern occurs, else `model` itself (also when the model cannot be traced)."""
+    UNet's decoder). In the fused replicas' network (a GraphModule, changed in place) the same
+    pattern per replica, a grouped convolution of `grouped_cat`, becomes GroupedUpConcatConv2d,
+    except for a thin convolution (measured no faster that way). Returns a torch.fx.GraphModule
+    with the same state-dict names and parameters when that pattern occurs, else `model` itself
+    (also when the model cannot be traced)."""
     layers = list(model.modules())
-    if not (any(type(m) is nn.Conv2d and m.groups == 1 and is_same_3x3(m) for m in layers)
+    if not (any(_one_group_3x3(m) or _replicas_3x3(m) for m in layers)
             and any(type(m) in (nn.Upsample, NearestUpsample) for m in layers)):
         return model  # nothing to fuse: do not trace (tracing runs the Python of non-leaf modules)
-    try:
-        gm = torch.fx.symbolic_trace(model)
-    except Exception:  # noqa: BLE001 - data-dependent control flow and the like: leave it as it is
-        return model
+    if isinstance(model, torch.fx.GraphModule):
+        gm = model  # the fused replicas' network: changed in place (tracing again would inline grouped_cat)
+    else:
+        try:
+            gm = torch.fx.symbolic_trace(model)
+        except Exception:  # noqa: BLE001 - data-dependent control flow and the like: leave it as it is
+            return model
     fused = 0
     for node in list(gm.graph.nodes):
         if node.op != "call_module" or len(node.args) != 1 or node.kwargs:
             continue
         conv = gm.get_submodule(node.target)
-        if type(conv) is not nn.Conv2d or conv.groups != 1 or not is_same_3x3(conv):
+        replicas = _replicas_3x3(conv)
+        if not (_one_group_3x3(conv) or replicas):
             continue
         cat = _through_identities(node.args[0], gm)
-        if cat.op != "call_function" or cat.target is not torch.cat or len(cat.users) != 1:
+        if cat.op != "call_function" or len(cat.users) != 1:
             continue
         parts = cat.args[0]
-        dim = cat.args[1] if len(cat.args) > 1 else cat.kwargs.get("dim", 0)
-        if dim not in (1, -3) or not isinstance(parts, (list, tuple)) or len(parts) != 2:
+        if replicas:  # the fused replicas' concatenation, per replica
+            if cat.target is not grouped_cat or len(cat.args) != 2 or cat.args[1] != replicas:
+                continue
+        else:
+            dim = cat.args[1] if len(cat.args) > 1 else cat.kwargs.get("dim", 0)
+            if cat.target is not torch.cat or dim not in (1, -3):
+                continue
+        if not isinstance(parts, (list, tuple)) or len(parts) != 2:
             continue
         up, skip = parts
         is_module = isinstance(up, torch.fx.Node) and up.op == "call_module"
         scale = _integer_nearest(gm.get_submodule(up.target)) if is_module else None
         if not scale or len(up.users) != 1 or len(up.args) != 1:
             continue
-        layer = UpConcatThinConv2d if thin_conv_applies(conv) else UpConcatConv2d
-        fast = layer(conv.in_channels, conv.out_channels, 3, padding=1, bias=conv.bias is not None, device="meta")
-        fast.weight, fast.bias, fast.scale = conv.weight, conv.bias, scale
+        if replicas:
+            if conv.thin:  # measured: no gain over the grouped thin convolution of the concatenation
+                continue
+            fast = GroupedUpConcatConv2d(conv, scale)
+        else:
+            layer = UpConcatThinConv2d if thin_conv_applies(conv) else UpConcatConv2d
+            fast = layer(conv.in_channels, conv.out_channels, 3, padding=1, bias=conv.bias is not None,
+                         device="meta")
+            fast.weight, fast.bias, fast.scale = conv.weight, conv.bias, scale
         fast.train(conv.training)
         gm.set_submodule(node.target, fast)
         node.args = (up.args[0], skip)

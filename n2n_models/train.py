@@ -30,7 +30,7 @@ from torch import nn
 
 from . import build_model
 from .allocator import keep_freed_memory
-from .fast_layers import speed_up, thin_conv2d, thin_conv_applies
+from .fast_layers import grouped_cat, speed_up, thin_conv2d, thin_conv_applies
 from .losses import PROGRESS_LOSSES, get_loss
 from .metrics import psnr_per_image
 
@@ -123,7 +123,8 @@ class _GroupedConv(nn.Module):
         c = convs[0]
         if c.padding_mode != "zeros":
             raise NotGroupable(f"padding_mode={c.padding_mode!r} convolutions cannot be fused")
-        self.k, self.transposed = len(convs), isinstance(c, nn.ConvTranspose2d)
+        # `replicas` is also how fast_layers recognises a grouped convolution of replicas
+        self.replicas, self.transposed = len(convs), isinstance(c, nn.ConvTranspose2d)
         self.stride, self.padding, self.dilation, self.groups = c.stride, c.padding, c.dilation, c.groups
         self.output_padding = getattr(c, "output_padding", 0)
         self.weight = nn.Parameter(torch.stack([m.weight.detach() for m in convs]))
@@ -132,7 +133,7 @@ class _GroupedConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w, b = self.weight.flatten(0, 1), None if self.bias is None else self.bias.flatten()
-        groups = self.groups * self.k
+        groups = self.groups * self.replicas
         if self.thin and self.use_fast_layers:
             return thin_conv2d(x, w, b, groups)
         if self.transposed:
@@ -164,15 +165,6 @@ class _GroupedBatchNorm(nn.Module):
                             self.bias.flatten(), self.training, momentum if momentum is not None else 0.0, self.eps)
 
 
-def _grouped_cat(tensors, k: int) -> torch.Tensor:
-    """torch.cat(tensors, 1) of each replica's channels, for tensors in the grouped layout."""
-    n, _, h, w = tensors[0].shape
-    if all(t.is_contiguous(memory_format=torch.channels_last) for t in tensors):
-        parts = [t.permute(0, 2, 3, 1).view(n, h, w, k, -1) for t in tensors]  # views, no copy
-        return torch.cat(parts, -1).view(n, h, w, -1).permute(0, 3, 1, 2)
-    return torch.cat([t.unflatten(1, (k, -1)) for t in tensors], 2).flatten(1, 2)
-
-
 def group_replicas(models: list[nn.Module]) -> torch.fx.GraphModule:
     """One network that runs K replicas of one architecture side by side in the grouped layout.
     Its parameters and buffers carry the replicas' state-dict names, stacked: (K, *shape).
@@ -195,7 +187,7 @@ def group_replicas(models: list[nn.Module]) -> torch.fx.GraphModule:
             dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
             if dim not in (1, -3):
                 raise NotGroupable(f"{node.name}: only concatenation along channels can be fused")
-            node.target, node.args, node.kwargs = _grouped_cat, (node.args[0], k), {}
+            node.target, node.args, node.kwargs = grouped_cat, (node.args[0], k), {}
         elif node.op == "get_attr" or (node.op in ("call_function", "call_method")
                                        and node.target not in _ELEMENTWISE_FUNCTIONS):
             raise NotGroupable(f"{node.name} ({node.target}) cannot be fused")

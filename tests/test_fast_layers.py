@@ -96,24 +96,28 @@ def test_upsample_concat_convolutions_fall_back_to_the_plain_layers_under_autoca
     (2, 5, 4, 6, (1, 1), 4, True),       # TNet's dec3: a 1 x 1 image
 ])
 @pytest.mark.parametrize("transposed", [True, False])
+@pytest.mark.parametrize("groups", [1, 3])  # 3: fused replicas, each group its own concatenation
 def test_upsample_concat_convolution_matches_the_three_layers_in_value_and_every_gradient(
-        monkeypatch, n, low_channels, skip_channels, out_channels, low_size, scale, bias, transposed):
+        monkeypatch, n, low_channels, skip_channels, out_channels, low_size, scale, bias, transposed, groups):
     # UP_CONCAT_MIN_WORK picks the transposed convolution (0) or the plain layers (no limit)
     monkeypatch.setattr(fast_layers, "UP_CONCAT_MIN_WORK", 0 if transposed else 1 << 60)
-    torch.manual_seed(low_channels + scale)
-    cl = torch.channels_last
+    torch.manual_seed(low_channels + scale + groups)
+    cl, g = torch.channels_last, groups
     (hl, wl), (h, w) = low_size, (low_size[0] * scale, low_size[1] * scale)
-    low = torch.randn(n, low_channels, hl, wl).contiguous(memory_format=cl).requires_grad_()
-    skip = torch.randn(n, skip_channels, h, w).contiguous(memory_format=cl).requires_grad_()
+    low = torch.randn(n, g * low_channels, hl, wl).contiguous(memory_format=cl).requires_grad_()
+    skip = torch.randn(n, g * skip_channels, h, w).contiguous(memory_format=cl).requires_grad_()
     cin = low_channels + skip_channels
-    weight = (torch.randn(out_channels, cin, 3, 3) / (9 * cin) ** 0.5).contiguous(memory_format=cl)  # outputs ~ 1
+    weight = (torch.randn(g * out_channels, cin, 3, 3) / (9 * cin) ** 0.5).contiguous(memory_format=cl)  # outputs ~ 1
     weight.requires_grad_()
-    b = torch.randn(out_channels, requires_grad=True) if bias else None
+    b = torch.randn(g * out_channels, requires_grad=True) if bias else None
     inputs = [t for t in (low, skip, weight, b) if t is not None]
-    grad_out = torch.randn(n, out_channels, h, w)
+    grad_out = torch.randn(n, g * out_channels, h, w)
     up = F.interpolate(low.double(), scale_factor=scale, mode="nearest")
-    exact = F.conv2d(torch.cat([up, skip.double()], 1), weight.double(), None if b is None else b.double(), padding=1)
-    ours = up_concat_conv2d(low, skip, weight, b, scale)
+    # group i convolves [its upsampled channels, its skip channels]
+    cat = torch.cat([torch.cat([up[:, i * low_channels:(i + 1) * low_channels],
+                                skip.double()[:, i * skip_channels:(i + 1) * skip_channels]], 1) for i in range(g)], 1)
+    exact = F.conv2d(cat, weight.double(), None if b is None else b.double(), padding=1, groups=g)
+    ours = up_concat_conv2d(low, skip, weight, b, scale, groups=g)
     # the transposed path ends in the sum of its two convolutions, the plain one in the convolution
     assert type(ours.grad_fn).__name__ == ("AddBackward0" if transposed else "ConvolutionBackward0")
     _assert_matches_float64(ours, exact, inputs, grad_out)
@@ -206,3 +210,19 @@ def test_fast_layers_train_the_same_losses_as_the_plain_layers(model, hparams):
         trainer.train_epoch(a, b, step_losses=steps)
         losses[fast] = torch.cat(steps)
     torch.testing.assert_close(losses[True], losses[False], rtol=1e-5, atol=0)
+
+
+def test_fused_replicas_take_the_grouped_upsample_concat_where_the_pattern_is():
+    """In the fused replicas' network TNet's dec2 and dec3 read each replica's upsample and skip
+    directly (GroupedUpConcatConv2d); dec1, thin, stays the grouped thin convolution (measured no
+    faster that way); with batch norm on the concatenations there is no such pattern. The
+    parameters keep their names and stacked shapes (fused-vs-separate equality: test_train.py)."""
+    kinds = lambda trainer: {n: type(m).__name__ for n, m in trainer.net.named_modules()}  # noqa: E731
+    fused = ReplicaTrainer(TrainSpec("tnet", seeds=(0, 1)), fused=True)
+    assert kinds(fused)["dec3.0"] == kinds(fused)["dec2.0"] == "GroupedUpConcatConv2d"
+    assert kinds(fused)["dec1.0"] == "_GroupedConv"
+    assert fused.params["dec2.0.weight"].shape == (2, 16, 64, 3, 3)
+    with_bn = ReplicaTrainer(TrainSpec("tnet", hparams={"batchnorm": True}, seeds=(0, 1)), fused=True)
+    assert "GroupedUpConcatConv2d" not in kinds(with_bn).values()
+    unet = ReplicaTrainer(TrainSpec("unet", seeds=(0, 1)), fused=True)
+    assert list(kinds(unet).values()).count("GroupedUpConcatConv2d") == 5  # four decoder stages and the head
