@@ -50,11 +50,14 @@ UP_CONCAT_MIN_WORK = 150_000
 
 # -- thin 3x3 convolution -------------------------------------------------------------------------
 
+def _same_size_3x3(kernel_size, m: nn.Module) -> bool:
+    return tuple(kernel_size) == (3, 3) and m.stride == (1, 1) and m.padding == (1, 1) and m.dilation == (1, 1)
+
+
 def is_same_3x3(conv: nn.Module) -> bool:
     """Whether `conv` is an nn.Conv2d (not a transposed one) with a 3x3 kernel, stride 1 and one
     pixel of zero padding: the output has the input's size."""
-    return (isinstance(conv, nn.Conv2d) and conv.kernel_size == (3, 3) and conv.stride == (1, 1)
-            and conv.padding == (1, 1) and conv.dilation == (1, 1) and conv.padding_mode == "zeros")
+    return isinstance(conv, nn.Conv2d) and _same_size_3x3(conv.kernel_size, conv) and conv.padding_mode == "zeros"
 
 
 def thin_conv_applies(conv: nn.Module) -> bool:
@@ -397,12 +400,12 @@ def _one_group_3x3(m: nn.Module) -> bool:
 
 def _replicas_3x3(m: nn.Module) -> int:
     """For the fused replicas' grouped convolution (a module with `replicas` and stacked weights of
-    shape (K, out, in, 3, 3)) of a one-group, same-size 3x3 convolution: K; else 0."""
+    shape (K, out, in, 3, 3)) of a one-group, same-size 3x3 convolution that is not thin: K; else 0.
+    A thin one keeps the grouped thin path (its upsample-and-concatenate version measured no faster)."""
     k = getattr(m, "replicas", 0)
-    if not k or getattr(m, "transposed", True) or getattr(m, "groups", 0) != 1:
+    if not k or m.transposed or m.groups != 1 or m.thin:
         return 0
-    same = m.stride == (1, 1) and m.padding == (1, 1) and m.dilation == (1, 1)
-    return k if same and tuple(m.weight.shape[-2:]) == (3, 3) else 0
+    return k if _same_size_3x3(m.weight.shape[-2:], m) else 0
 
 
 # -- swapping them in -----------------------------------------------------------------------------
@@ -462,8 +465,6 @@ def fuse_upsample_concat(model: nn.Module) -> nn.Module:
         if not scale or len(up.users) != 1 or len(up.args) != 1:
             continue
         if replicas:
-            if conv.thin:  # measured: no gain over the grouped thin convolution of the concatenation
-                continue
             fast = GroupedUpConcatConv2d(conv, scale)
         else:
             layer = UpConcatThinConv2d if thin_conv_applies(conv) else UpConcatConv2d

@@ -7,6 +7,7 @@ import sys
 
 import pandas as pd
 
+from analysis.load import trial_status
 from trainables.n2n import MODEL_HPARAMS
 
 MODEL_KEYS = {k for keys in MODEL_HPARAMS.values() for k in keys}  # shown only for models that use them
@@ -28,17 +29,11 @@ def trial_rows(experiment, results) -> pd.DataFrame:
             best = history.loc[history["val_psnr"].fillna(-1e9).idxmax()]
             row.update(epochs=int(history["training_iteration"].max()), best_epoch=int(best["training_iteration"]),
                        val_psnr=best["val_psnr"], val_psnr_std=best.get("val_psnr_std", 0.0))
-        if result.error is not None:
-            row["status"] = "errored"
-        elif bool((result.metrics or {}).get("diverged", False)):
-            row["status"] = "diverged"
-        elif row["epochs"] < experiment.epochs:
-            # as analysis/load.py: a trial ASHA stopped ended its last result with done; one that a
-            # Ctrl-C left running (or that never started) did not
-            done = bool((result.metrics or {}).get("done", False))
-            row["status"] = "stopped early" if done else "unfinished"
-        else:
-            row["status"] = "finished"
+        # the report's rule (analysis/load.py): "stopped early" needs the last result's done flag,
+        # which a trial that a Ctrl-C left running, or that never started, does not have
+        failed = result.error is not None
+        row["status"] = trial_status(history if row["epochs"] else pd.DataFrame(), experiment.epochs,
+                                     has_error=failed, ray_status="ERROR" if failed else None)
         row["_result"] = result
         rows.append(row)
     return pd.DataFrame(rows)
