@@ -20,6 +20,11 @@ class UsageError(Exception):
     """Bad usage or bad input: reported as one line on stderr, exit status 2."""
 
 
+class SearchInterrupted(Exception):
+    """Ctrl-C outside Tune's own handling (loading data, starting Ray, a second Ctrl-C during
+    `fit`); the message says whether there is anything to resume. Exit status 130."""
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, no usage dump
         raise UsageError(f"{message} (see --help)")
@@ -196,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"search/run.py: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("search/run.py: interrupted; continue with --resume", file=sys.stderr)
+    except SearchInterrupted as e:
+        print(f"search/run.py: {e}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # before the experiment was read: nothing was started
+        print("search/run.py: interrupted", file=sys.stderr)
         return 130

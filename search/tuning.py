@@ -18,7 +18,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from trainables import make_trainable
 
-from .cli import UsageError
+from .cli import SearchInterrupted, UsageError
 from .experiment import EXPERIMENT_FILE, Experiment, is_uri
 from .spaces import space_of
 from . import private_network
@@ -181,6 +181,28 @@ def run_experiment(experiment: Experiment, resume: bool = False, name_given: boo
         experiment = resolve_resume(experiment, name_given)
     elif experiment_exists(experiment.path):
         raise UsageError(f"experiment {experiment.path} exists; add --resume to continue it or pick another --name")
+    try:
+        return _run(experiment, resume, address)
+    except KeyboardInterrupt:
+        raise SearchInterrupted(_interrupted_hint(experiment, resume)) from None
+
+
+def _interrupted_hint(experiment: Experiment, resume: bool) -> str:
+    """What to do after a Ctrl-C that Tune did not handle. Before Tune saved its state there is
+    nothing to resume: the experiment file written just before (and nothing else) is removed, so
+    the same command can be run again."""
+    again = f"python search/run.py --resume --name {experiment.name} --storage {experiment.storage}"
+    if resume or tune.Tuner.can_restore(experiment.path):
+        return f"interrupted; continue with: {again}"
+    fs, root = pyarrow.fs.FileSystem.from_uri(experiment.path)
+    contents = fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
+    if [info.base_name for info in contents] == [EXPERIMENT_FILE]:
+        fs.delete_file(f"{root}/{EXPERIMENT_FILE}")
+        fs.delete_dir(root)
+    return "interrupted before the search started; nothing was saved, so there is nothing to resume"
+
+
+def _run(experiment: Experiment, resume: bool, address: str | None) -> int:
     if address:
         check_reachable(address)
     data = load_data(experiment)

@@ -1,8 +1,15 @@
 """Bad usage of `search/run.py` exits 2 with one line on stderr and no traceback, before any
-work is done; every flag is tried with an invalid value."""
+work is done; every flag is tried with an invalid value. Also what a Ctrl-C before the search
+starts prints."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import pytest
 
-from conftest import run_cli
+from conftest import REPO, run_cli
 from search.cli import main
 
 BAD_USAGE = {
@@ -136,3 +143,56 @@ def test_a_trial_needing_more_gpus_than_the_local_ray_has_exits_2(local_ray, tmp
     # what fits is accepted: the same Ray runs a trial that asks for all of its GPUs
     from search.tuning import check_trial_fits
     check_trial_fits(1, gpus, joined=False, max_concurrent=None)
+
+
+def test_ctrl_c_while_loading_data_says_nothing_was_saved(tmp_path):
+    """A Ctrl-C before Tune has saved anything (here: the driver blocked reading an image that is
+    a FIFO) exits 130 with one line that does not send the user to --resume, which would fail."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    os.mkfifo(photos / "a.png")
+    proc = subprocess.Popen([sys.executable, str(REPO / "search" / "run.py"), "--budget", "smoke",
+                             "--data", f"folder:{photos}", "--storage", str(tmp_path / "runs"), "--name", "x"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while True:  # the driver has the FIFO open for reading once a non-blocking writer can open it
+            assert proc.poll() is None, proc.communicate()
+            assert time.time() < deadline, "the driver never read the data folder"
+            try:
+                writer = os.open(photos / "a.png", os.O_WRONLY | os.O_NONBLOCK)
+                break
+            except OSError:
+                time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        os.close(writer)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, out[-2000:] + err[-2000:]
+    assert err.strip().splitlines()[-1] == ("search/run.py: interrupted before the search started; "
+                                            "nothing was saved, so there is nothing to resume"), err
+    assert "Traceback" not in err
+    assert not (tmp_path / "runs" / "x").exists()
+
+
+def test_an_interrupted_start_leaves_a_name_that_can_be_used_again(tmp_path):
+    """Interrupted between writing the experiment file and Tune's first saved state: that file
+    alone is removed (so the same --name works again); a folder holding anything else is kept,
+    and after --resume the hint is to resume again."""
+    from search.cli import parse
+    from search.experiment import EXPERIMENT_FILE
+    from search.tuning import _interrupted_hint, experiment_exists
+
+    experiment, _ = parse(["--space", "tnet", "--name", "x", "--storage", str(tmp_path)])
+    experiment.save()
+    assert "nothing to resume" in _interrupted_hint(experiment, resume=False)
+    assert not experiment_exists(experiment.path) and not (tmp_path / "x").exists()
+
+    experiment.save()
+    (tmp_path / "x" / "trial_1").mkdir()
+    _interrupted_hint(experiment, resume=False)
+    assert (tmp_path / "x" / EXPERIMENT_FILE).exists() and (tmp_path / "x" / "trial_1").is_dir()
+
+    hint = _interrupted_hint(experiment, resume=True)
+    assert f"--resume --name x --storage {tmp_path}" in hint and (tmp_path / "x" / EXPERIMENT_FILE).exists()
