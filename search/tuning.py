@@ -1,11 +1,14 @@
 """Searcher, scheduler and Tuner set-up for one Experiment; start or join Ray; run or resume."""
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
+import signal
 import socket
+import threading
 import time
 import warnings
 
@@ -66,13 +69,35 @@ def connect(address: str | None):
         except ConnectionError as e:
             raise UsageError(f"cannot reach a Ray cluster at --address {address}: {e}") from None
     else:
-        ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False,
-                 logging_level="WARNING")
+        with sigint_held_during_start():
+            ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False,
+                     logging_level="WARNING")
         if private_network.active():
             log("local Ray in a private network namespace: its ports are reachable over loopback only")
         else:
             log("note: this local Ray listens on all network interfaces (Ray 2.60 binds 0.0.0.0), guarded by "
                 "its token; run search/run.py on Linux with user namespaces to keep it on loopback")
+
+
+@contextlib.contextmanager
+def sigint_held_during_start():
+    """Ctrl-C in the middle of starting a local Ray would leave the raylet's agents running for
+    about a minute (they notice the raylet is gone only then), and inside Ray's own callbacks it
+    can be swallowed. So it is held until `ray.init` returns; then Ray is shut down whole and the
+    interrupt goes on as KeyboardInterrupt."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    received = []
+    signal.signal(signal.SIGINT, lambda *_: received.append(True))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if received:
+        ray.shutdown()
+        raise KeyboardInterrupt
 
 
 def check_reachable(address: str, timeout: float = 10.0):

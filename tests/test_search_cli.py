@@ -1,11 +1,14 @@
 """Bad usage of `search/run.py` exits 2 with one line on stderr and no traceback, before any
 work is done; every flag is tried with an invalid value. Also what a Ctrl-C before the search
 starts prints."""
+import glob
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -145,35 +148,84 @@ def test_a_trial_needing_more_gpus_than_the_local_ray_has_exits_2(local_ray, tmp
     check_trial_fits(1, gpus, joined=False, max_concurrent=None)
 
 
+def interrupt_when(args, ready, timeout=120):
+    """Run `search/run.py ARGS`, send it SIGINT once `ready(pid)` is true; (exit status, stdout, stderr)."""
+    proc = subprocess.Popen([sys.executable, str(REPO / "search" / "run.py"), *args], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + timeout
+        while not ready(proc.pid):
+            assert proc.poll() is None, proc.communicate()
+            assert time.time() < deadline, "the driver never got there"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    return proc.returncode, out, err
+
+
 def test_ctrl_c_while_loading_data_says_nothing_was_saved(tmp_path):
     """A Ctrl-C before Tune has saved anything (here: the driver blocked reading an image that is
     a FIFO) exits 130 with one line that does not send the user to --resume, which would fail."""
     photos = tmp_path / "photos"
     photos.mkdir()
     os.mkfifo(photos / "a.png")
-    proc = subprocess.Popen([sys.executable, str(REPO / "search" / "run.py"), "--budget", "smoke",
-                             "--data", f"folder:{photos}", "--storage", str(tmp_path / "runs"), "--name", "x"],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.time() + 120
-        while True:  # the driver has the FIFO open for reading once a non-blocking writer can open it
-            assert proc.poll() is None, proc.communicate()
-            assert time.time() < deadline, "the driver never read the data folder"
-            try:
-                writer = os.open(photos / "a.png", os.O_WRONLY | os.O_NONBLOCK)
-                break
-            except OSError:
-                time.sleep(0.1)
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
-        os.close(writer)
-    finally:
-        proc.kill()
-    assert proc.returncode == 130, out[-2000:] + err[-2000:]
+    writer = []
+
+    def reading(pid):  # the driver has the FIFO open once a non-blocking writer can open it
+        try:
+            writer.append(os.open(photos / "a.png", os.O_WRONLY | os.O_NONBLOCK))
+            return True
+        except OSError:
+            return False
+
+    rc, out, err = interrupt_when(["--budget", "smoke", "--data", f"folder:{photos}",
+                                   "--storage", str(tmp_path / "runs"), "--name", "x"], reading)
+    for fd in writer:
+        os.close(fd)
+    assert rc == 130, out[-2000:] + err[-2000:]
     assert err.strip().splitlines()[-1] == ("search/run.py: interrupted before the search started; "
                                             "nothing was saved, so there is nothing to resume"), err
     assert "Traceback" not in err
     assert not (tmp_path / "runs" / "x").exists()
+
+
+def test_ctrl_c_while_ray_starts_leaves_no_ray_process(tmp_path):
+    """SIGINT as soon as the raylet of the driver's Ray has started its agents, while `ray.init` is
+    still waiting for them: the command exits 130 and no process holds a file of that session for
+    long (an interrupted `ray.init` used to leave the agents running for about a minute)."""
+    root = Path(os.environ.get("RAY_TMPDIR", tempfile.gettempdir())) / "ray"
+    sessions = []
+
+    def ray_starting(pid):
+        sessions[:] = glob.glob(f"{root}/session_*_{pid}")
+        return bool(sessions) and os.path.exists(f"{sessions[0]}/logs/runtime_env_agent.log")
+
+    rc, out, err = interrupt_when(["--budget", "smoke", "--data", "synthetic", "--storage", str(tmp_path / "runs"),
+                                   "--name", "x"], ray_starting)
+    assert rc == 130, out[-2000:] + err[-2000:]
+    assert "Traceback" not in err
+    deadline = time.time() + 10
+    while (holders := processes_using(sessions[0])) and time.time() < deadline:
+        time.sleep(0.5)
+    for pid in holders:  # the test started them: end them before failing
+        os.kill(pid, signal.SIGKILL)
+    assert not holders, f"processes still hold files of {sessions[0]}: {list(holders.values())}"
+
+
+def processes_using(folder: str) -> dict[int, str]:
+    """{pid: command line} of the processes with a file open under `folder`."""
+    found = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if any(os.readlink(fd).startswith(folder) for fd in (proc / "fd").iterdir()):
+                found[int(proc.name)] = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+        except OSError:
+            continue
+    return found
 
 
 def test_an_interrupted_start_leaves_a_name_that_can_be_used_again(tmp_path):
