@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -99,7 +100,24 @@ def _validation_data(exp: ExperimentData):
 
 
 def write_report(exp: ExperimentData, out: Path, samples: int = 32) -> list[Table]:
-    """Write everything into `out`; returns the main tables."""
+    """Write everything into `out`; returns the main tables. The files are made in a staging folder
+    inside `out` and moved in when all are written, so an interrupted or failed report leaves the
+    previous one as it was."""
+    out.mkdir(parents=True, exist_ok=True)
+    stage = out / f".report-{os.getpid()}.tmp"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir()
+    try:
+        tables = _write_report(exp, out, stage, samples)
+        for path in sorted(stage.iterdir()):
+            os.replace(path, out / path.name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return tables
+
+
+def _write_report(exp: ExperimentData, out: Path, stage: Path, samples: int) -> list[Table]:
+    """The report's files written into `stage`; the text names them as they will lie in `out`."""
     from analysis import figures
     from analysis.export import best_checkpoint, export_best
     from analysis.importance import Skip, param_importances
@@ -115,7 +133,7 @@ def write_report(exp: ExperimentData, out: Path, samples: int = 32) -> list[Tabl
 
     tables = main_tables(exp)
     for table in tables:
-        table.write(out)
+        table.write(stage)
         md += _table_md(table, TITLES.get(table.name, table.name))
 
     # -- best model -------------------------------------------------------------------------------
@@ -125,8 +143,8 @@ def write_report(exp: ExperimentData, out: Path, samples: int = 32) -> list[Tabl
     if best is None:
         md += ["No trial has a checkpoint with a finite validation PSNR: nothing to export.", ""]
     else:
-        info = export_best(exp, best, out / "best_model.pt")
-        model, _ = load_model(out / "best_model.pt")
+        info = export_best(exp, best, stage / "best_model.pt")
+        model, _ = load_model(stage / "best_model.pt")
         unused = set(MODEL_HPARAM_KEYS) - set(model_hparams(info["config"]))  # e.g. latent for TNet
         hp = ", ".join(f"{k} {fmt_hparam(k, v)}" for k, v in info["config"].items()
                        if k in HPARAM_KEYS and k not in unused and v is not None)
@@ -139,7 +157,7 @@ def write_report(exp: ExperimentData, out: Path, samples: int = 32) -> list[Tabl
         config = {k: info["config"][k] for k in HPARAM_KEYS
                   if k in info["config"] and k != "label" and k not in unused}
         config["label"] = f"best of {exp.name}"
-        (out / "best_config.json").write_text(json.dumps(config, indent=1) + "\n")
+        (stage / "best_config.json").write_text(json.dumps(config, indent=1) + "\n")
         md += [f"Its configuration is in [best_config.json](best_config.json). To train it again with more "
                "seeds, beside other configurations (one JSON file each):", "", "```",
                f"python search/run.py --configs {_shown_path(out / 'best_config.json')} --configs OTHER.json "
@@ -159,20 +177,20 @@ def write_report(exp: ExperimentData, out: Path, samples: int = 32) -> list[Tabl
 
     # -- figures ------------------------------------------------------------------------------------
     md += ["## Figures", ""]
-    if figures.learning_curves(exp, out / "learning_curves.png"):
+    if figures.learning_curves(exp, stage / "learning_curves.png"):
         md += ["### Learning curves", "", "![Validation PSNR per epoch](learning_curves.png)", "",
                "Validation PSNR per epoch, mean over seeds with a ± one standard deviation band; the dashed line "
                "is the noisy input.", ""]
-    if figures.psnr_vs_hparams(exp, out / "psnr_vs_hparams.png"):
+    if figures.psnr_vs_hparams(exp, stage / "psnr_vs_hparams.png"):
         md += ["### PSNR against each hyperparameter", "", "![PSNR against hyperparameters](psnr_vs_hparams.png)",
                "", "Each point is a configuration (error bars: std over seeds), coloured by status; the dashed "
                "line is the noisy input.", ""]
     if model is not None and val is not None:
-        figures.denoised_examples(model, val[0], val[1], out / "denoised_examples.png")
+        figures.denoised_examples(model, val[0], val[1], stage / "denoised_examples.png")
         md += ["### Denoised examples", "", "![Noisy, denoised and clean validation images](denoised_examples.png)",
                "", "Noisy input (top), output of the best model (middle) and clean reference (bottom), as the "
                "report's Figure 2; titles give each image's PSNR.", ""]
-        figures.smoothgrad_figure(model, val[0], val[1], out / "smoothgrad.png", loss=info["training"]["loss"] or "l2",
+        figures.smoothgrad_figure(model, val[0], val[1], stage / "smoothgrad.png", loss=info["training"]["loss"] or "l2",
                                   samples=samples)
         md += ["### SmoothGrad", "", "![SmoothGrad of the loss and the output](smoothgrad.png)", "",
                "As the report's Figure 3: input, output, clean image, and the magnitude (summed over colour "
@@ -187,13 +205,13 @@ def write_report(exp: ExperimentData, out: Path, samples: int = 32) -> list[Tabl
         md += [f"Not computed: {e}.", ""]
     else:
         table = importance_table(importances, evaluator)
-        table.write(out)
-        figures.importance_figure(importances, evaluator, out / "importance.png")
+        table.write(stage)
+        figures.importance_figure(importances, evaluator, stage / "importance.png")
         md += ["![Hyperparameter importance](importance.png)", "", table.caption + f" Computed from {used} "
                "finished or ASHA-stopped trials (value: each one's best seed-mean PSNR); with few "
                "trials it is a rough indication.", "", table.to_markdown(), "",
                f"Files: [importance.csv](importance.csv), [importance.tex](importance.tex).", ""]
-    (out / "report.md").write_text("\n".join(md), encoding="utf-8")
+    (stage / "report.md").write_text("\n".join(md), encoding="utf-8")
     return tables
 
 
@@ -213,7 +231,14 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, ExperimentError) as e:
         print(f"analysis/report.py: error: {e}", file=sys.stderr)
         return 2
-    tables = write_report(exp, out, samples=args.samples)
+    except KeyboardInterrupt:
+        print("analysis/report.py: interrupted", file=sys.stderr)
+        return 130
+    try:
+        tables = write_report(exp, out, samples=args.samples)
+    except KeyboardInterrupt:
+        print(f"analysis/report.py: interrupted; {out} is as it was before", file=sys.stderr)
+        return 130
     print(f"{exp.name}: {_status_line(exp)}")
     for table in tables:
         shown = table.display.head(MD_ROWS)

@@ -106,7 +106,13 @@ def read_image(path: str | os.PathLike) -> torch.Tensor:
 def write_image(image: torch.Tensor, path: str | os.PathLike) -> None:
     """A float tensor (3, H, W) in [0, 1] as an 8-bit RGB PNG."""
     array = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    Image.fromarray(array, "RGB").save(path, format="PNG")
+    tmp = f"{os.fspath(path)}.tmp"  # a file of an earlier run stays whole until the new one is
+    try:
+        Image.fromarray(array, "RGB").save(tmp, format="PNG")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def output_paths(inputs: list[str], out_dir: str) -> list[Path]:
@@ -175,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as e:
         print(f"n2n_models.denoise: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # the images printed above are written whole; no other was touched
+        print("n2n_models.denoise: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -6,8 +6,10 @@ import math
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -343,3 +345,25 @@ def test_report_md_shows_every_figure_in_place(reports, name, expected):
         importance = pd.read_csv(reports[name] / "importance.csv")
         assert set(importance["parameter"]) <= {"lr", "loss", "batchnorm", "dropout", "width", "batch_size"}
         assert importance["importance"].between(0, 1).all()
+
+
+def test_an_interrupted_report_leaves_the_previous_one_as_it_was(reports, one_thread):
+    """SIGINT once the new report has begun writing: exit 130 with one line, every file of the
+    previous report byte for byte the same, and no staging folder left behind."""
+    out = reports["tnet"]
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    proc = subprocess.Popen([sys.executable, "analysis/report.py", str(out.parent), "--samples", "64"], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=one_thread)
+    try:
+        deadline = time.time() + 120
+        while not list(out.glob(".report-*.tmp/*.csv")):
+            assert proc.poll() is None, proc.communicate()
+            assert time.time() < deadline, "the report never started writing"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines() == [f"analysis/report.py: interrupted; {out} is as it was before"], err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before

@@ -1,6 +1,7 @@
 """`python -m n2n_models.denoise`: a trained TNet applied to PNG and JPEG images of other sizes
 than 32x32 improves them; bad input exits 2 with one line; the module never imports Ray."""
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -189,3 +190,30 @@ def test_a_model_file_that_would_run_code_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "evil.pt" in err[0]
     assert not marker.exists(), "loading a model file must never execute code"
+
+
+def test_ctrl_c_keeps_finished_outputs_and_leaves_the_rest_untouched(model_file, tmp_path):
+    """SIGINT after the first of two images is written, while a large second one is denoised: exit
+    130 with one line; the first output is a whole PNG, the second image's output from an earlier
+    run is left as it was, and no temporary file remains."""
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(tmp_path / "small.png")
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (2048, 2048, 3), np.uint8)).save(tmp_path / "large.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "large.png").write_bytes(b"from an earlier run")
+    proc = subprocess.Popen([sys.executable, "-m", "n2n_models.denoise", "--model", str(model_file),
+                             str(tmp_path / "small.png"), str(tmp_path / "large.png"), "--out", str(out)],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
+    try:
+        first = proc.stdout.readline()
+        assert "small.png ->" in first, proc.communicate()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines() == ["n2n_models.denoise: interrupted"]
+    assert Image.open(out / "small.png").size == (40, 40)
+    assert (out / "large.png").read_bytes() == b"from an earlier run"
+    assert sorted(p.name for p in out.iterdir()) == ["large.png", "small.png"]
