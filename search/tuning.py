@@ -169,9 +169,23 @@ def load_data(experiment: Experiment) -> dict:
     return {k: getattr(pairs, k).numpy() for k in names}
 
 
-def experiment_exists(path: str) -> bool:
+def _listing(path: str) -> list[str]:
     fs, root = pyarrow.fs.FileSystem.from_uri(path)
-    return fs.get_file_info(f"{root}/{EXPERIMENT_FILE}").type != pyarrow.fs.FileType.NotFound
+    return [info.base_name for info in fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))]
+
+
+def has_saved_state(path: str) -> bool:
+    """Whether Tune can continue the experiment at `path`. `Tuner.can_restore` looks for tuner.pkl
+    only, which Tune writes before its first experiment state; a search interrupted in between has
+    nothing to continue (restoring it fails in the searcher)."""
+    return tune.Tuner.can_restore(path) and any(
+        name.startswith("experiment_state-") and name.endswith(".json") for name in _listing(path))
+
+
+def experiment_exists(path: str) -> bool:
+    """An experiment of search/run.py that Tune has started at `path` (one interrupted before that
+    may be started again under the same name)."""
+    return EXPERIMENT_FILE in _listing(path) and has_saved_state(path)
 
 
 def newest_experiment(storage: str, space: str) -> str | None:
@@ -187,7 +201,10 @@ def resolve_resume(experiment: Experiment, name_given: bool) -> Experiment:
         raise UsageError(f"--resume on {experiment.storage}: give the experiment's --name")
     name = experiment.name if name_given else newest_experiment(experiment.storage, experiment.space)
     path = f"{experiment.storage.rstrip('/')}/{name}" if name else None
-    if not path or not tune.Tuner.can_restore(path):
+    if path and EXPERIMENT_FILE in _listing(path) and not has_saved_state(path):
+        raise UsageError(f"--resume: {path} was interrupted before its search started, so there is nothing to "
+                         "resume; run the command again without --resume")
+    if not path or not has_saved_state(path):
         where = path or f"{experiment.storage} (no experiment of space {experiment.space!r})"
         raise UsageError(f"--resume: no experiment to resume at {where}; check --storage and --name")
     try:
@@ -212,17 +229,20 @@ def run_experiment(experiment: Experiment, resume: bool = False, name_given: boo
         raise SearchInterrupted(_interrupted_hint(experiment, resume)) from None
 
 
+# what a search leaves in its folder before Tune's first experiment state
+STARTED_FILES = {EXPERIMENT_FILE, "tuner.pkl", ".validate_storage_marker"}
+
+
 def _interrupted_hint(experiment: Experiment, resume: bool) -> str:
-    """What to do after a Ctrl-C that Tune did not handle. Before Tune saved its state there is
-    nothing to resume: the experiment file written just before (and nothing else) is removed, so
-    the same command can be run again."""
+    """What to do after a Ctrl-C that Tune did not handle. Before Tune saved its first experiment
+    state there is nothing to resume: the folder is removed when it holds only what the start
+    wrote (STARTED_FILES), and the same command can be run again in any case."""
     again = f"python search/run.py --resume --name {experiment.name} --storage {experiment.storage}"
-    if resume or tune.Tuner.can_restore(experiment.path):
+    if resume or has_saved_state(experiment.path):
         return f"interrupted; continue with: {again}"
-    fs, root = pyarrow.fs.FileSystem.from_uri(experiment.path)
-    contents = fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
-    if [info.base_name for info in contents] == [EXPERIMENT_FILE]:
-        fs.delete_file(f"{root}/{EXPERIMENT_FILE}")
+    contents = _listing(experiment.path)
+    if contents and set(contents) <= STARTED_FILES:
+        fs, root = pyarrow.fs.FileSystem.from_uri(experiment.path)
         fs.delete_dir(root)
     return "interrupted before the search started; nothing was saved, so there is nothing to resume"
 
@@ -325,3 +345,18 @@ class InterruptWatch(logging.Handler):
 
     def __exit__(self, *exc):
         self._logger.removeHandler(self)
+
+
+class _TrialsWithoutResults(logging.Filter):
+    """Drops Tune's "Failed to fetch metrics" warning when every trial it names simply has no
+    result yet (a search interrupted early, then resumed): the summary lists those trials as
+    unfinished. Any other failure to read results is still shown."""
+
+    def filter(self, record):
+        lines = record.getMessage().splitlines()
+        return not (lines[0].startswith("Failed to fetch metrics") and len(lines) > 1
+                    and all("were not found" in line for line in lines[1:]))
+
+
+logging.getLogger("ray.tune.analysis.experiment_analysis").addFilter(_TrialsWithoutResults())
+

@@ -128,3 +128,27 @@ def test_damaged_checkpoints_do_not_fail_the_search(tmp_path):
     resumed_rows = history[history["process_start"] > before[name]["process_start"].max()]
     assert resumed_rows["epoch"].iloc[0] == 1, "training of that trial started again"
     assert resumed_rows["epoch"].iloc[-1] == EPOCHS, "and went on to the end"
+
+
+def test_tunes_warning_about_trials_without_results_is_dropped_and_others_kept():
+    """Resuming a search interrupted before some trials reported made Tune warn with a
+    FileNotFoundError per trial; those trials are in the summary as unfinished. Other failures to
+    read results still show."""
+    import logging
+
+    import search.tuning  # noqa: F401  (attaches the filter)
+
+    tune_logger = logging.getLogger("ray.tune.analysis.experiment_analysis")
+    no_results = ("Failed to fetch metrics for 1 trial(s):\n- trial_1: FileNotFoundError('Could not fetch metrics "
+                  "for trial_1: both result.json and progress.csv were not found at /x/trial_1')")
+    damaged = "Failed to fetch metrics for 1 trial(s):\n- trial_2: ParserError('Error tokenizing data')"
+    seen = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: seen.append(record.getMessage())
+    tune_logger.addHandler(handler)  # Ray's loggers do not propagate to pytest's
+    try:
+        tune_logger.warning(no_results)
+        tune_logger.warning(damaged)
+    finally:
+        tune_logger.removeHandler(handler)
+    assert seen == [damaged]

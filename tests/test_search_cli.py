@@ -229,22 +229,33 @@ def processes_using(folder: str) -> dict[int, str]:
 
 
 def test_an_interrupted_start_leaves_a_name_that_can_be_used_again(tmp_path):
-    """Interrupted between writing the experiment file and Tune's first saved state: that file
-    alone is removed (so the same --name works again); a folder holding anything else is kept,
-    and after --resume the hint is to resume again."""
+    """Interrupted before Tune's first experiment state (the experiment file written, maybe Tune's
+    tuner.pkl too): the folder is removed when that is all it holds; with anything else in it, it
+    is kept. Either way the name is free again, and --resume of it exits 2 saying why instead of
+    failing inside Tune's searcher. After --resume the hint is to resume again."""
     from search.cli import parse
     from search.experiment import EXPERIMENT_FILE
     from search.tuning import _interrupted_hint, experiment_exists
 
     experiment, _ = parse(["--space", "tnet", "--name", "x", "--storage", str(tmp_path)])
+    folder = tmp_path / "x"
     experiment.save()
+    (folder / "tuner.pkl").write_bytes(b"written by Tune before its first experiment state")
+    assert not experiment_exists(experiment.path)
     assert "nothing to resume" in _interrupted_hint(experiment, resume=False)
-    assert not experiment_exists(experiment.path) and not (tmp_path / "x").exists()
+    assert not folder.exists()
 
     experiment.save()
-    (tmp_path / "x" / "trial_1").mkdir()
+    (folder / "tuner.pkl").write_bytes(b"written by Tune before its first experiment state")
+    (folder / "trial_1").mkdir()
     _interrupted_hint(experiment, resume=False)
-    assert (tmp_path / "x" / EXPERIMENT_FILE).exists() and (tmp_path / "x" / "trial_1").is_dir()
+    assert (folder / EXPERIMENT_FILE).exists() and (folder / "trial_1").is_dir()
+    assert not experiment_exists(experiment.path), "the same --name may start again"
+    proc = run_cli("--resume", "--name", "x", "--storage", str(tmp_path), timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"search/run.py: error: --resume: {folder} was interrupted before its search started, so there is nothing "
+        "to resume; run the command again without --resume"]
 
     hint = _interrupted_hint(experiment, resume=True)
-    assert f"--resume --name x --storage {tmp_path}" in hint and (tmp_path / "x" / EXPERIMENT_FILE).exists()
+    assert f"--resume --name x --storage {tmp_path}" in hint and (folder / EXPERIMENT_FILE).exists()
