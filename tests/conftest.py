@@ -2,8 +2,10 @@
 started on first use and stopped at the end; tests that build their own cluster shut it down
 first and the next test that needs it starts it again."""
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -61,3 +63,22 @@ def run_cli(*args, timeout=300, env=None):
     """Run `python search/run.py ARGS` as a user would; returns the CompletedProcess."""
     return subprocess.run([sys.executable, str(REPO / "search" / "run.py"), *args], capture_output=True,
                           text=True, timeout=timeout, cwd=REPO, env={**os.environ, **(env or {})})
+
+
+def interrupt_when(command, ready, timeout=120, env=None):
+    """Run `python COMMAND...` in the repository as a user would and send it SIGINT (Ctrl-C) once
+    `ready(pid)` is true; returns (exit status, stdout, stderr)."""
+    proc = subprocess.Popen([sys.executable, *command], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, **(env or {})})
+    try:
+        deadline = time.time() + timeout
+        while not ready(proc.pid):
+            assert proc.poll() is None, proc.communicate()
+            assert time.time() < deadline, f"{command[0]} never got there"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    return proc.returncode, out, err
+

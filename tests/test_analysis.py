@@ -6,10 +6,8 @@ import math
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -18,6 +16,7 @@ import torch
 from PIL import Image
 
 from analysis.report import main as report_main
+from conftest import interrupt_when
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--budget", "smoke", "--data", "synthetic", "--train-size", "64", "--val-size", "16", "--epochs", "2",
@@ -352,18 +351,8 @@ def test_an_interrupted_report_leaves_the_previous_one_as_it_was(reports, one_th
     previous report byte for byte the same, and no staging folder left behind."""
     out = reports["tnet"]
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    proc = subprocess.Popen([sys.executable, "analysis/report.py", str(out.parent), "--samples", "64"], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=one_thread)
-    try:
-        deadline = time.time() + 120
-        while not list(out.glob(".report-*.tmp/*.csv")):
-            assert proc.poll() is None, proc.communicate()
-            assert time.time() < deadline, "the report never started writing"
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
-    assert proc.returncode == 130, err
+    rc, _, err = interrupt_when(["analysis/report.py", str(out.parent), "--samples", "64"],
+                                lambda pid: bool(list(out.glob(".report-*.tmp/*.csv"))), env=one_thread)
+    assert rc == 130, err
     assert err.strip().splitlines() == [f"analysis/report.py: interrupted; {out} is as it was before"], err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before

@@ -4,15 +4,13 @@ starts prints."""
 import glob
 import os
 import signal
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, run_cli
+from conftest import interrupt_when, run_cli
 from search.cli import main
 
 BAD_USAGE = {
@@ -148,23 +146,6 @@ def test_a_trial_needing_more_gpus_than_the_local_ray_has_exits_2(local_ray, tmp
     check_trial_fits(1, gpus, joined=False, max_concurrent=None)
 
 
-def interrupt_when(args, ready, timeout=120):
-    """Run `search/run.py ARGS`, send it SIGINT once `ready(pid)` is true; (exit status, stdout, stderr)."""
-    proc = subprocess.Popen([sys.executable, str(REPO / "search" / "run.py"), *args], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.time() + timeout
-        while not ready(proc.pid):
-            assert proc.poll() is None, proc.communicate()
-            assert time.time() < deadline, "the driver never got there"
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
-    return proc.returncode, out, err
-
-
 def test_ctrl_c_while_loading_data_says_nothing_was_saved(tmp_path):
     """A Ctrl-C before Tune has saved anything (here: the driver blocked reading an image that is
     a FIFO) exits 130 with one line that does not send the user to --resume, which would fail."""
@@ -180,7 +161,7 @@ def test_ctrl_c_while_loading_data_says_nothing_was_saved(tmp_path):
         except OSError:
             return False
 
-    rc, out, err = interrupt_when(["--budget", "smoke", "--data", f"folder:{photos}",
+    rc, out, err = interrupt_when(["search/run.py", "--budget", "smoke", "--data", f"folder:{photos}",
                                    "--storage", str(tmp_path / "runs"), "--name", "x"], reading)
     for fd in writer:
         os.close(fd)
@@ -202,7 +183,7 @@ def test_ctrl_c_while_ray_starts_leaves_no_ray_process(tmp_path):
         sessions[:] = glob.glob(f"{root}/session_*_{pid}")
         return bool(sessions) and os.path.exists(f"{sessions[0]}/logs/runtime_env_agent.log")
 
-    rc, out, err = interrupt_when(["--budget", "smoke", "--data", "synthetic", "--storage", str(tmp_path / "runs"),
+    rc, out, err = interrupt_when(["search/run.py", "--budget", "smoke", "--data", "synthetic", "--storage", str(tmp_path / "runs"),
                                    "--name", "x"], ray_starting)
     assert rc == 130, out[-2000:] + err[-2000:]
     assert "Traceback" not in err
