@@ -174,18 +174,21 @@ def _listing(path: str) -> list[str]:
     return [info.base_name for info in fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))]
 
 
-def has_saved_state(path: str) -> bool:
-    """Whether Tune can continue the experiment at `path`. `Tuner.can_restore` looks for tuner.pkl
-    only, which Tune writes before its first experiment state; a search interrupted in between has
-    nothing to continue (restoring it fails in the searcher)."""
+def has_saved_state(path: str, names: list[str] | None = None) -> bool:
+    """Whether Tune can continue the experiment at `path` (whose listing is `names`, when known).
+    `Tuner.can_restore` looks for tuner.pkl only, which Tune writes before its first experiment
+    state; a search interrupted in between has nothing to continue (restoring it fails in the
+    searcher)."""
+    names = _listing(path) if names is None else names
     return tune.Tuner.can_restore(path) and any(
-        name.startswith("experiment_state-") and name.endswith(".json") for name in _listing(path))
+        name.startswith("experiment_state-") and name.endswith(".json") for name in names)
 
 
 def experiment_exists(path: str) -> bool:
     """An experiment of search/run.py that Tune has started at `path` (one interrupted before that
     may be started again under the same name)."""
-    return EXPERIMENT_FILE in _listing(path) and has_saved_state(path)
+    names = _listing(path)
+    return EXPERIMENT_FILE in names and has_saved_state(path, names)
 
 
 def newest_experiment(storage: str, space: str) -> str | None:
@@ -201,10 +204,11 @@ def resolve_resume(experiment: Experiment, name_given: bool) -> Experiment:
         raise UsageError(f"--resume on {experiment.storage}: give the experiment's --name")
     name = experiment.name if name_given else newest_experiment(experiment.storage, experiment.space)
     path = f"{experiment.storage.rstrip('/')}/{name}" if name else None
-    if path and EXPERIMENT_FILE in _listing(path) and not has_saved_state(path):
-        raise UsageError(f"--resume: {path} was interrupted before its search started, so there is nothing to "
-                         "resume; run the command again without --resume")
-    if not path or not has_saved_state(path):
+    names = _listing(path) if path else []
+    if not (path and has_saved_state(path, names)):
+        if EXPERIMENT_FILE in names:
+            raise UsageError(f"--resume: {path} was interrupted before its search started, so there is nothing "
+                             "to resume; run the command again without --resume")
         where = path or f"{experiment.storage} (no experiment of space {experiment.space!r})"
         raise UsageError(f"--resume: no experiment to resume at {where}; check --storage and --name")
     try:
@@ -238,9 +242,9 @@ def _interrupted_hint(experiment: Experiment, resume: bool) -> str:
     state there is nothing to resume: the folder is removed when it holds only what the start
     wrote (STARTED_FILES), and the same command can be run again in any case."""
     again = f"python search/run.py --resume --name {experiment.name} --storage {experiment.storage}"
-    if resume or has_saved_state(experiment.path):
-        return f"interrupted; continue with: {again}"
     contents = _listing(experiment.path)
+    if resume or has_saved_state(experiment.path, contents):
+        return f"interrupted; continue with: {again}"
     if contents and set(contents) <= STARTED_FILES:
         fs, root = pyarrow.fs.FileSystem.from_uri(experiment.path)
         fs.delete_dir(root)
