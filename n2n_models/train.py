@@ -58,8 +58,9 @@ class TrainSpec:
 
 
 def to_unit(x: torch.Tensor) -> torch.Tensor:
-    """uint8 images (0-255) to float in [0, 1] (the memory layout is kept)."""
-    return x.float().div_(255.0)
+    """uint8 images (0-255) to floats in [0, 1] of the default dtype, which the models' weights
+    have too (float32; the exactness tests train in float64); the memory layout is kept."""
+    return x.to(torch.get_default_dtype()).div_(255.0)
 
 
 def init_replica(spec: TrainSpec, seed: int) -> nn.Module:
@@ -360,7 +361,7 @@ class ReplicaTrainer:
         x, y = to_unit(self._layout(a)), to_unit(self._layout(b))
         with self._autocast():
             out = model(x)
-        loss = self.loss_fn(out.float(), y, progress).mean()
+        loss = self.loss_fn(out.to(y.dtype), y, progress).mean()  # autocast's output in full precision
         self._backward_and_step(loss, opt)
         return loss.detach()
 
@@ -370,7 +371,7 @@ class ReplicaTrainer:
         x = to_unit(to_groups(a, self.channels_last))
         with self._autocast():
             out = self.net(x)
-        pred = from_groups(out.float(), k).reshape(k * batch, *a.shape[2:])
+        pred = from_groups(out.to(x.dtype), k).reshape(k * batch, *a.shape[2:])
         losses = self.loss_fn(pred, to_unit(b).flatten(0, 1), progress).view(k, batch).mean(1)
         self._backward_and_step(losses.sum(), self.optimizers[0])  # replicas' gradients are disjoint
         return losses.detach()
@@ -400,7 +401,7 @@ class ReplicaTrainer:
                     out = from_groups(self.net(to_groups(x.expand(self.k, *x.shape), self.channels_last)), self.k)
                 else:
                     out = torch.stack([m(x) for m in self.models])
-            outs.append(out.float())
+            outs.append(out.to(x.dtype))
         return torch.cat(outs, 1).clamp_(0, 1)
 
     @torch.no_grad()

@@ -11,6 +11,8 @@ from n2n_models.data import load_pairs
 from n2n_models.train import ReplicaTrainer, TrainSpec
 from trainables.n2n import CHECKPOINT_FILE, load_checkpoint
 
+pytestmark = pytest.mark.numeric  # run again on the AVX2 code paths by .ci/run
+
 SPEC = TrainSpec("tnet", lr=1e-3, batch_size=32, epochs=3, seeds=(0, 1))
 
 

@@ -9,6 +9,8 @@ import torch
 from n2n_models.data import load_pairs
 from n2n_models.train import GRAPH_WARM_UP, ReplicaTrainer, TrainSpec
 
+pytestmark = pytest.mark.numeric  # run again on the AVX2 code paths by .ci/run
+
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
 
 

@@ -7,6 +7,8 @@ import torch
 from n2n_models.losses import get_loss, l0_gamma
 from n2n_models.metrics import psnr, psnr_per_image
 
+pytestmark = pytest.mark.numeric  # run again on the AVX2 code paths by .ci/run
+
 # one sample of four pixels: prediction and target
 PRED = torch.tensor([0.5, 0.2, 0.9, 0.0]).view(1, 1, 2, 2)
 TARGET = torch.tensor([0.3, 0.2, 0.6, 0.4]).view(1, 1, 2, 2)

@@ -4,6 +4,8 @@ import torch
 
 from n2n_models import build_model, count_parameters
 
+pytestmark = pytest.mark.numeric  # run again on the AVX2 code paths by .ci/run
+
 
 @pytest.mark.parametrize("name, expected", [("tnet", 43_064), ("unet", 991_203), ("basenet", 166_923)])
 def test_default_parameter_counts_match_the_report(name, expected):

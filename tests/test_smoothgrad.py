@@ -10,6 +10,8 @@ from n2n_models.smoothgrad import heatmap, smoothgrad
 
 from test_denoise import train_tnet
 
+pytestmark = pytest.mark.numeric  # run again on the AVX2 code paths by .ci/run
+
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):

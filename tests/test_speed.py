@@ -12,6 +12,8 @@ from torch import nn
 from n2n_models.data import load_pairs
 from n2n_models.train import NotGroupable, ReplicaTrainer, TrainSpec, fused_by_default, group_replicas
 
+pytestmark = pytest.mark.numeric  # run again on the AVX2 code paths by .ci/run
+
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
