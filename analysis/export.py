@@ -10,13 +10,11 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
+from n2n_models.checkpoint import CHECKPOINT_FILE, TrialCheckpoint, checkpoint_folders, checkpoint_index, read_checkpoint
+from n2n_models.config import model_hparams, training_knobs, trial_seeds
 from n2n_models.export import save_model
 
-from .load import ExperimentData, model_hparams, trial_seeds
-
-CHECKPOINT_FILE = "trainer.pt"
+from .load import ExperimentData
 
 
 @dataclass
@@ -27,38 +25,25 @@ class BestCheckpoint:
     val_psnr: float  # of that seed's replica
     config_psnr_mean: float
     config_psnr_std: float
-    path: Path  # the checkpoint's trainer.pt
-    state: dict  # the checkpoint's content
+    path: Path  # the checkpoint file
+    state: TrialCheckpoint
 
 
-def _checkpoint_epoch_files(trial_dir: Path) -> list[tuple[Path, int | None]]:
-    """(trainer.pt, epoch guessed from the folder name: checkpoint N follows epoch N + 1)."""
-    out = []
-    for d in sorted(trial_dir.glob("checkpoint_*")):
-        f = d / CHECKPOINT_FILE
-        if f.is_file():
-            try:
-                out.append((f, int(d.name.split("_")[-1]) + 1))
-            except ValueError:
-                out.append((f, None))
-    return out
-
-
-def _load(path: Path) -> dict | None:
+def _load(folder: Path) -> TrialCheckpoint | None:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return read_checkpoint(folder)
     except Exception:  # noqa: BLE001 - a damaged checkpoint is skipped, the next best is taken
         return None
 
 
-def find_checkpoint(trial_dir: Path, epoch: int) -> tuple[Path, dict] | None:
+def find_checkpoint(trial_dir: Path, epoch: int) -> tuple[Path, TrialCheckpoint] | None:
     """The trial's checkpoint written at `epoch` (read from the file, not the name), or None."""
-    files = _checkpoint_epoch_files(trial_dir)
-    files.sort(key=lambda item: item[1] != epoch)  # the likely one first
-    for path, _ in files:
-        state = _load(path)
-        if state and int(state.get("trainer", {}).get("epoch", -1)) == epoch:
-            return path, state
+    folders = checkpoint_folders(trial_dir)
+    folders.sort(key=lambda d: checkpoint_index(d.name) != epoch - 1)  # the likely one first
+    for folder in folders:
+        state = _load(folder)
+        if state is not None and state.epoch == epoch:
+            return folder / CHECKPOINT_FILE, state
     return None
 
 
@@ -104,13 +89,13 @@ def export_best(exp: ExperimentData, best: BestCheckpoint, path: str | Path) -> 
     trial = exp.trials.loc[best.trial_id]
     config = dict(trial["config"])
     seeds = trial_seeds(config)
-    replicas = best.state["trainer"]["replicas"]
+    replicas = best.state.replicas
     if best.seed not in seeds or len(replicas) != len(seeds):
         raise ValueError(f"checkpoint {best.path} holds {len(replicas)} replicas, the trial config names seeds {seeds}")
     spec = exp.spec
     meta = {
         "config": config,
-        "training": {k: config.get(k) for k in ("lr", "batch_size", "loss", "epochs")},
+        "training": training_knobs(config),
         "data": {"data": spec.get("data"), "noise": spec.get("noise"), "train_size": spec.get("train_size"),
                  "val_size": spec.get("val_size"), "data_seed": spec.get("data_seed", 0)},
         "val_psnr": best.val_psnr,

@@ -12,18 +12,12 @@ from pathlib import Path
 
 import pandas as pd
 
-EXPERIMENT_FILE = "n2n_experiment.json"
-# Hyperparameters a trial config may hold, in the order tables show them.
-HPARAM_KEYS = ("label", "model", "lr", "loss", "batchnorm", "dropout", "width", "latent", "batch_size")
+from n2n_models.config import HPARAM_KEYS, trial_seeds
+
+EXPERIMENT_FILE = "n2n_experiment.json"  # what search/run.py writes beside the trials (search.experiment)
 # A trial's fate: ran all its epochs, stopped by the scheduler (ASHA), training produced a
 # non-finite loss, failed with an error, or has not ended (interrupted, still running, never started).
 STATUSES = ("finished", "stopped early", "diverged", "errored", "unfinished")
-# The mirror of trainables.n2n.spec_from_config (analysis must not import Ray): which config
-# keys are constructor arguments of each model, and their values when a config leaves them out.
-MODEL_HPARAMS = {"tnet": ("width", "batchnorm", "dropout"), "unet": ("width", "batchnorm", "dropout"),
-                 "basenet": ("latent",)}
-HPARAM_DEFAULTS = {"width": None, "batchnorm": False, "dropout": 0.0, "latent": 8}
-HPARAM_TYPES = {"width": int, "latent": int, "batchnorm": bool, "dropout": float}
 
 
 class ExperimentError(Exception):
@@ -62,23 +56,6 @@ class ExperimentData:
         """Hyperparameters that take more than one value across trials."""
         return [k for k in self.hparam_columns()
                 if self.trials[k].dropna().astype(str).nunique() > 1]
-
-
-def model_hparams(config: dict) -> dict:
-    """Constructor arguments of the trial's network, as the trainable builds it."""
-    model = config.get("model", "tnet")
-    out = {}
-    for key in MODEL_HPARAMS.get(model, ()):
-        value = config.get(key, HPARAM_DEFAULTS[key])
-        if value is not None and not (isinstance(value, float) and math.isnan(value)):
-            out[key] = HPARAM_TYPES[key](value)
-    return out
-
-
-def trial_seeds(config: dict) -> list[int]:
-    """The seeds of the trial's replicas, in the order its checkpoints store them."""
-    first = int(config.get("seed", 0) or 0)
-    return list(range(first, first + int(config.get("seeds", 1) or 1)))
 
 
 # -- reading one trial -------------------------------------------------------------------------
@@ -161,8 +138,11 @@ def trial_status(rows: pd.DataFrame, target_epochs: int, has_error: bool, ray_st
     return "stopped early" if done else "unfinished"
 
 
-def _ray_trials(exp_dir: Path) -> dict:
-    """trial_id -> (status, config, folder name) from Tune's newest experiment_state file; {} if none."""
+def tune_trial_states(exp_dir: Path) -> dict:
+    """trial_id -> (status, config, folder name) from Tune's newest experiment_state file; {} if none.
+    Tune has no public reader of a stored experiment that does not import Ray and rebuild every
+    trial (ExperimentAnalysis); this parse of its private file format is the analysis's one reliance
+    on it (tests/test_analysis.py::test_tune_trial_states_reads_what_tune_saved breaks on a change)."""
     files = sorted(glob.glob(str(exp_dir / "experiment_state-*.json")), key=os.path.getmtime)
     if not files:
         return {}
@@ -208,7 +188,7 @@ def load_experiment(path: str | os.PathLike) -> ExperimentData:
     except (OSError, ValueError) as e:
         raise ExperimentError(f"{spec_file} is unreadable ({e}); it must be the file search/run.py wrote") from None
 
-    ray_trials = _ray_trials(exp_dir)
+    ray_trials = tune_trial_states(exp_dir)
     folders = {p.name: p for p in exp_dir.iterdir()
                if p.is_dir() and (p.name.startswith("trial_") or (p / "params.json").is_file())}
     trial_rows, seed_frames, history_frames = [], [], []

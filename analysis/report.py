@@ -16,11 +16,9 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the project importable without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from analysis.load import (HPARAM_KEYS, MODEL_HPARAMS, STATUSES, ExperimentData, ExperimentError,  # noqa: E402
-                           load_experiment, model_hparams)
+from analysis.load import STATUSES, ExperimentData, ExperimentError, load_experiment  # noqa: E402
 from analysis.tables import Table, fmt_hparam, importance_table, main_tables  # noqa: E402
-
-MODEL_HPARAM_KEYS = {k for keys in MODEL_HPARAMS.values() for k in keys}
+from n2n_models.config import shown_knobs  # noqa: E402
 
 MD_ROWS = 25  # longest search table shown in report.md (all rows are in the .csv/.tex)
 
@@ -145,17 +143,15 @@ def _write_report(exp: ExperimentData, out: Path, stage: Path, samples: int) -> 
     else:
         info = export_best(exp, best, stage / "best_model.pt")
         model, _ = load_model(stage / "best_model.pt")
-        unused = set(MODEL_HPARAM_KEYS) - set(model_hparams(info["config"]))  # e.g. latent for TNet
-        hp = ", ".join(f"{k} {fmt_hparam(k, v)}" for k, v in info["config"].items()
-                       if k in HPARAM_KEYS and k not in unused and v is not None)
+        shown = shown_knobs(info["config"])  # not, e.g., latent for TNet
+        hp = ", ".join(f"{k} {fmt_hparam(k, v)}" for k, v in shown.items() if v is not None)
         spread = f" ± {best.config_psnr_std:.2f}" if best.config_psnr_std == best.config_psnr_std else ""
         md += [f"Trial `{best.trial_id}` ({hp}) reached the highest seed-mean validation PSNR, "
                f"{best.config_psnr_mean:.2f}{spread} dB, at epoch {best.epoch}. Its best replica (seed {best.seed}, "
                f"{best.val_psnr:.2f} dB) is exported as [best_model.pt](best_model.pt): model name, "
                "hyperparameters, weights, data and noise spec, seed, epoch and validation PSNR, loadable with "
                "`torch.load(path, weights_only=True)`.", ""]
-        config = {k: info["config"][k] for k in HPARAM_KEYS
-                  if k in info["config"] and k != "label" and k not in unused}
+        config = {k: v for k, v in shown.items() if k != "label"}
         config["label"] = f"best of {exp.name}"
         (stage / "best_config.json").write_text(json.dumps(config, indent=1) + "\n")
         md += [f"Its configuration is in [best_config.json](best_config.json). To train it again with more "

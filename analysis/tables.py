@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from n2n_models.config import KNOBS, show_value
+
 from .load import ExperimentData
 
 # Model traits the report's Table 2 lists, by model name.
@@ -199,19 +201,7 @@ def configs_table(exp: ExperimentData) -> Table:
 
 
 def fmt_hparam(key: str, value) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "—"
-    if key == "lr":
-        return f"{float(value):.2e}"
-    if key == "dropout":
-        return f"{float(value):.3f}"
-    if key == "batchnorm":
-        return _yes_no(value)
-    if key == "loss":
-        return str(value).upper()
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
+    return show_value(key, value)
 
 
 def search_table(exp: ExperimentData) -> Table:
@@ -242,8 +232,7 @@ def search_table(exp: ExperimentData) -> Table:
     return Table("search", caption, data.reset_index(drop=True), display.reset_index(drop=True), notes)
 
 
-_HEADS = {"label": "Label", "model": "Model", "lr": "LR", "loss": "Loss", "batchnorm": "BN",
-          "dropout": "Dropout", "width": "Width", "latent": "Latent", "batch_size": "Batch"}
+_HEADS = {k.name: k.heading for k in KNOBS}
 
 
 def _seed_text(data: pd.DataFrame) -> str:

@@ -87,7 +87,7 @@ def replay(job: tuple) -> tuple[float, float, float]:
 
     from n2n_models.data import load_pairs
     from n2n_models.train import ReplicaTrainer
-    from trainables.n2n import spec_from_config
+    from n2n_models.config import spec_from_config
 
     torch.set_num_threads(threads)
     pairs = load_pairs(**data_args)

@@ -97,6 +97,7 @@ def main(argv=None):
     if args.summarize:
         return summarize(args.summarize)
 
+    import search.ray_session
     import search.tuning
     from n2n_models.data import load_pairs
     from search.cli import main as search_main
@@ -105,7 +106,7 @@ def main(argv=None):
     storage = args.storage or tempfile.mkdtemp(prefix="n2n-search-efficiency-")
     os.makedirs(storage, exist_ok=True)
     load_pairs(args.data, "pixelate", train_size=args.train_size, val_size=args.val_size, seed=0)  # cache it
-    search.tuning.connect(None)  # one Ray for all runs: its start-up is in no run's wall time
+    search.ray_session.connect(None)  # one Ray for all runs: its start-up is in no run's wall time
     common = ["--epochs", str(args.epochs), "--train-size", str(args.train_size), "--val-size", str(args.val_size),
               "--data", args.data, "--seeds", "1", "--search-seed", str(args.search_seed), "--storage", storage]
     tpe = ["--space", "bench-choice", "--searcher", "optuna", "--scheduler", "asha"]

@@ -5,10 +5,11 @@ replicas against sequential ones, measured side by side in one run.
                                [--rounds 9] [--seeds 5] [--quick] [--sections loops,layers,...]
                                [--repeat N]
 
-The reference loop trains the way the report's own code does: the data as one float tensor,
-shuffled once per epoch, sliced per batch and divided by 255 per batch, a standard module forward
-in the default memory layout, the default Adam, `optimizer.step()`. The project's loop is
-`n2n_models.train.ReplicaTrainer` with one seed. Same model, seed, data order and batch size.
+The reference loop (`n2n_models.reference.ReferenceLoop`) trains the way the report's own code
+does: the data as one float tensor, shuffled once per epoch, sliced per batch and divided by 255
+per batch, a standard module forward in the default memory layout, the default Adam,
+`optimizer.step()`. The project's loop is `n2n_models.train.ReplicaTrainer` with one seed. Same
+model, seed, data order and batch size.
 Every measurement alternates the variants round by round (the machine is shared and noisy);
 figures are medians over rounds and ratios of medians. Printed:
 
@@ -48,42 +49,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from n2n_models import build_model, fast_layers  # noqa: E402
 from n2n_models.allocator import keep_freed_memory  # noqa: E402
 from n2n_models.data import load_pairs  # noqa: E402
+from n2n_models.reference import ReferenceLoop  # noqa: E402
 from n2n_models.train import ReplicaTrainer, TrainSpec, data_order  # noqa: E402
 
 LR = 5e-4
-
-
-# -- the reference loop ---------------------------------------------------------------------------
-class ReferenceLoop:
-    """Trains one model the way the report's code does (see the module docstring). It uses the
-    project's data order (`data_order(seed, epoch)`) so that both loops see the same batches."""
-
-    def __init__(self, model: str, hparams: dict, seed: int, train_a: torch.Tensor, train_b: torch.Tensor,
-                 batch_size: int, lr: float = LR, device="cpu"):
-        torch.manual_seed(seed)
-        self.device = torch.device(device)
-        self.model = build_model(model, **hparams).to(self.device)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr)
-        # the data set as float, 0-255, in host memory; each batch is moved to the device
-        self.a, self.b = train_a.cpu().float(), train_b.cpu().float()
-        self.seed, self.batch_size, self.epoch = seed, batch_size, 0
-
-    def train_epoch(self) -> list[torch.Tensor]:
-        """One epoch; returns every step's loss (L2, mean over the batch)."""
-        order = data_order(self.seed, self.epoch, len(self.a), "cpu")
-        a, b = self.a[order], self.b[order]  # shuffle, then slice
-        self.model.train()
-        losses = []
-        for start in range(0, len(a), self.batch_size):
-            x = a[start:start + self.batch_size].to(self.device) / 255
-            y = b[start:start + self.batch_size].to(self.device) / 255
-            loss = torch.nn.functional.mse_loss(self.model(x), y)
-            self.optimizer.zero_grad()
-            loss.backward()
-            self.optimizer.step()
-            losses.append(loss.detach())
-        self.epoch += 1
-        return losses
 
 
 def previous_loop(trainer: ReplicaTrainer) -> ReplicaTrainer:

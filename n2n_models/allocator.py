@@ -3,10 +3,9 @@ training step from page-faulting.
 
 A CPU training step allocates and frees tensors of a few MB (activations, gradients, TNet's tap
 products). glibc hands blocks that large to the kernel on free (mmap threshold, heap trimming), so
-the next step faults their pages in again, zero-filled: about 1,100 minor page faults per TNet step
-at batch 32 and 11,000 per UNet step, 10-20% of the step's time (docs/benchmarks.md). Keeping freed
-blocks in the heap for reuse removes them. The process then holds on to its peak heap, which a
-training process reaches every step anyway.
+the next step faults their pages in again, zero-filled, every step (how many and what they cost:
+docs/benchmarks.md). Keeping freed blocks in the heap for reuse removes them. The process then
+holds on to its peak heap, which a training process reaches every step anyway.
 """
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ def psnr_per_image(denoised: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
 
 def psnr(denoised: torch.Tensor, clean: torch.Tensor) -> float:
     """Mean over images of the per-image PSNR (dB). Never a single MSE over the whole set,
-    which reads about 1 dB lower."""
+    which reads lower: the course's convention."""
     return psnr_per_image(denoised, clean).mean().item()
 
 

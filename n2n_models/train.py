@@ -1,60 +1,37 @@
-"""The training loop: Adam over K seed replicas of one configuration, run one after another or
-fused into one grouped computation (replica i's weights are group i of every convolution).
+"""The training loop: Adam over K seed replicas of one configuration, each its own network or all K
+fused into one (n2n_models.fused); the step that runs on every batch is ReplicaTrainer._train_step.
 
 The whole dataset stays on the training device as uint8 and is batched by index: no DataLoader,
 no worker processes, one float conversion per batch. Replica i is initialised with
-`torch.manual_seed(seeds[i])` and draws its own data order from `seeds[i]` and the epoch, so a
-replica trains the same numbers fused or alone. What makes the loop fast without changing its
-math (measured in docs/benchmarks.md): channels-last activations on CPU, where oneDNN
-convolutions run about 1.7 times as fast as in the default layout, Adam's fused kernel, on CPU the
-layers of n2n_models.fast_layers (thin 3x3 convolutions as matrix products, a convolution of an
-upsample-and-concatenate computed at the low resolution as in TNet's and UNet's decoders, a
-faster nearest-upsample backward), freed memory kept in
-the process's heap instead of page-faulting back every step (n2n_models.allocator), and no host
-synchronisation inside an epoch. On GPUs, where a small model's step waits on Python launching
-its kernels one by one, each step is replayed from a CUDA graph (the same kernels, launched at
-once) and seed replicas are fused.
+`torch.manual_seed(seeds[i])` and draws its own data order from `seeds[i]` and the epoch
+(`data_order`), so a replica trains the same numbers fused or alone. What makes the loop fast
+without changing its math (docs/benchmarks.md): channels-last activations on CPU, Adam's fused
+kernel, the layers of n2n_models.fast_layers on CPU, freed memory kept in the process's heap
+(n2n_models.allocator), no host synchronisation inside an epoch, and on GPUs fused replicas and
+each step replayed from a CUDA graph (n2n_models.cuda_graphs).
 """
 from __future__ import annotations
 
 import contextlib
-import copy
-import dataclasses
 import math
-import operator
+from typing import NamedTuple
 
 import torch
-import torch.fx
-import torch.nn.functional as F
 from torch import nn
 
 from . import build_model
 from .allocator import keep_freed_memory
-from .fast_layers import grouped_cat, speed_up, thin_conv2d, thin_conv_applies
+from .config import TrainSpec
+from .cuda_graphs import GRAPH_WARM_UP, GraphedStep
+from .fast_layers import speed_up
+from .fused import NotGroupable, from_groups, group_replicas, to_groups
 from .losses import PROGRESS_LOSSES, get_loss
 from .metrics import psnr_per_image
+from .reference import data_order
 
-
-@dataclasses.dataclass
-class TrainSpec:
-    """What one trial trains: a model configuration, its optimiser settings and its seeds.
-    `amp` trains and evaluates under autocast (bfloat16; float16 with loss scaling on GPUs
-    without bfloat16); off by default, because its effect on PSNR is measured only per device."""
-
-    model: str = "tnet"
-    hparams: dict = dataclasses.field(default_factory=dict)
-    lr: float = 5e-4
-    batch_size: int = 32
-    epochs: int = 50
-    loss: str = "l2"
-    seeds: tuple = (0,)
-    amp: bool = False
-
-    def __post_init__(self):
-        self.seeds = tuple(int(s) for s in self.seeds)
-        if not self.seeds:
-            raise ValueError("a TrainSpec needs at least one seed")
-        get_loss(self.loss)  # fail early on an unknown loss
+# the names tests, benchmarks and the trainable import from here
+__all__ = ["GRAPH_WARM_UP", "NotGroupable", "ReplicaTrainer", "TrainSpec", "data_order", "eval_batch_size",
+           "fused_by_default", "group_replicas"]
 
 
 def to_unit(x: torch.Tensor) -> torch.Tensor:
@@ -68,160 +45,35 @@ def init_replica(spec: TrainSpec, seed: int) -> nn.Module:
     return build_model(spec.model, **spec.hparams)
 
 
-def data_order(seed: int, epoch: int, n: int, device) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=g).to(device)
-
-
 def prefers_channels_last(device: torch.device) -> bool:
     """Channels-last activations where measured faster: CPU (oneDNN). GPUs keep the default
-    layout: channels-last was 0.85-1.02x there (H100, docs/benchmarks.md)."""
+    layout, which was as fast or faster there (docs/benchmarks.md, "GPU figures")."""
     return torch.device(device).type == "cpu"
 
 
 def eval_batch_size(device: torch.device) -> int:
-    """Images per forward pass when evaluating. On CPU 64: 500 validation images in chunks of 64
-    evaluate 1.2-1.5 times as fast as in one chunk of 1000 (TNet, BaseNet, UNet; 1 and 2 threads),
-    whose activations do not stay in the caches; on GPUs 1000, fewer and fuller kernel launches
-    (not measured smaller). bench/throughput.py --sections evaluation; docs/benchmarks.md."""
+    """Images per forward pass when evaluating. On CPU 64: chunks of 64 evaluate faster than one
+    chunk of all images, whose activations do not stay in the caches; on GPUs 1000, fewer and
+    fuller kernel launches (not measured smaller). bench/throughput.py --sections evaluation;
+    docs/benchmarks.md."""
     return 64 if torch.device(device).type == "cpu" else 1000
 
 
 def fused_by_default(device: torch.device, k: int) -> bool:
     """`fused=None`: fuse the replicas where that is the faster way to train them. On GPUs one
     grouped computation fills the device that one tiny model leaves idle; on CPU the grouped
-    convolutions cost as much as the separate ones and a step is compute-bound (a batch five
-    times larger costs more than five times as much), so sequential replicas are as fast or faster
-    (docs/benchmarks.md)."""
+    convolutions cost as much as the separate ones and a step is compute-bound, so sequential
+    replicas are as fast or faster (docs/benchmarks.md)."""
     return torch.device(device).type == "cuda" and k > 1
 
 
-# -- fused replicas: one grouped network ----------------------------------------------------------
-# Activations of K replicas travel as one tensor (N, K*C, H, W): channels [i*C, (i+1)*C) belong to
-# replica i. Per-sample layers (activations, pools, upsampling, dropout) act on it unchanged;
-# convolutions become grouped convolutions, batch norm normalises each replica's channels over its
-# own batch (exactly as alone), and a concatenation along channels interleaves per replica.
+class _Network(NamedTuple):
+    """One network the trainer steps: the fused replicas' grouped network, or one replica's."""
 
-class NotGroupable(ValueError):
-    """The model has a layer that the fused (grouped) replicas do not know how to batch."""
-
-
-_PER_SAMPLE_MODULES = (nn.LeakyReLU, nn.ReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Identity,
-                       nn.MaxPool2d, nn.AvgPool2d, nn.Upsample, nn.Dropout, nn.Dropout2d)
-_ELEMENTWISE_FUNCTIONS = (operator.add, operator.sub, operator.mul, torch.add, torch.sub, torch.mul,
-                          torch.relu, torch.sigmoid, torch.tanh, F.relu, F.leaky_relu)
-
-
-class _GroupedConv(nn.Module):
-    """K convolutions (or transposed convolutions) of the same shape as one grouped convolution.
-    With `use_fast_layers` (set by fast_layers.speed_up) a thin 3x3 convolution takes
-    fast_layers.thin_conv2d, one matrix product per replica."""
-
-    use_fast_layers = False
-
-    def __init__(self, convs: list[nn.Module]):
-        super().__init__()
-        c = convs[0]
-        if c.padding_mode != "zeros":
-            raise NotGroupable(f"padding_mode={c.padding_mode!r} convolutions cannot be fused")
-        # `replicas` is also how fast_layers recognises a grouped convolution of replicas
-        self.replicas, self.transposed = len(convs), isinstance(c, nn.ConvTranspose2d)
-        self.stride, self.padding, self.dilation, self.groups = c.stride, c.padding, c.dilation, c.groups
-        self.output_padding = getattr(c, "output_padding", 0)
-        self.weight = nn.Parameter(torch.stack([m.weight.detach() for m in convs]))
-        self.bias = nn.Parameter(torch.stack([m.bias.detach() for m in convs])) if c.bias is not None else None
-        self.thin = thin_conv_applies(c)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w, b = self.weight.flatten(0, 1), None if self.bias is None else self.bias.flatten()
-        groups = self.groups * self.replicas
-        if self.thin and self.use_fast_layers:
-            return thin_conv2d(x, w, b, groups)
-        if self.transposed:
-            return F.conv_transpose2d(x, w, b, self.stride, self.padding, self.output_padding, groups, self.dilation)
-        return F.conv2d(x, w, b, self.stride, self.padding, self.dilation, groups)
-
-
-class _GroupedBatchNorm(nn.Module):
-    """K BatchNorm2d layers as one over K*C channels: each replica's statistics stay its own."""
-
-    def __init__(self, norms: list[nn.BatchNorm2d]):
-        super().__init__()
-        n = norms[0]
-        if not (n.affine and n.track_running_stats):
-            raise NotGroupable("only affine batch norm with running statistics can be fused")
-        self.eps, self.momentum = n.eps, n.momentum
-        self.weight = nn.Parameter(torch.stack([m.weight.detach() for m in norms]))
-        self.bias = nn.Parameter(torch.stack([m.bias.detach() for m in norms]))
-        for name in ("running_mean", "running_var", "num_batches_tracked"):
-            self.register_buffer(name, torch.stack([getattr(m, name) for m in norms]))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        momentum = self.momentum
-        if self.training:  # what nn.BatchNorm2d does, per replica
-            self.num_batches_tracked.add_(1)
-            if momentum is None:
-                momentum = 1.0 / float(self.num_batches_tracked[0])
-        return F.batch_norm(x, self.running_mean.view(-1), self.running_var.view(-1), self.weight.flatten(),
-                            self.bias.flatten(), self.training, momentum if momentum is not None else 0.0, self.eps)
-
-
-def group_replicas(models: list[nn.Module]) -> torch.fx.GraphModule:
-    """One network that runs K replicas of one architecture side by side in the grouped layout.
-    Its parameters and buffers carry the replicas' state-dict names, stacked: (K, *shape).
-    Raises NotGroupable for a layer it cannot batch (train those replicas with fused=False)."""
-    k = len(models)
-    try:
-        net = torch.fx.symbolic_trace(models[0])
-    except Exception as e:  # noqa: BLE001 - data-dependent control flow and the like
-        raise NotGroupable(f"the model cannot be traced ({e})") from None
-    for node in net.graph.nodes:
-        if node.op == "call_module":
-            layers = [m.get_submodule(node.target) for m in models]
-            if isinstance(layers[0], (nn.Conv2d, nn.ConvTranspose2d)):
-                net.set_submodule(node.target, _GroupedConv(layers))
-            elif isinstance(layers[0], nn.BatchNorm2d):
-                net.set_submodule(node.target, _GroupedBatchNorm(layers))
-            elif not isinstance(layers[0], _PER_SAMPLE_MODULES):
-                raise NotGroupable(f"layer {node.target} ({type(layers[0]).__name__}) cannot be fused")
-        elif node.op == "call_function" and node.target is torch.cat:
-            dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
-            if dim not in (1, -3):
-                raise NotGroupable(f"{node.name}: only concatenation along channels can be fused")
-            node.target, node.args, node.kwargs = grouped_cat, (node.args[0], k), {}
-        elif node.op == "get_attr" or (node.op in ("call_function", "call_method")
-                                       and node.target not in _ELEMENTWISE_FUNCTIONS):
-            raise NotGroupable(f"{node.name} ({node.target}) cannot be fused")
-    net.recompile()
-    return net
-
-
-def to_groups(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    """(K, N, C, H, W) replica batches -> (N, K*C, H, W) grouped layout."""
-    k, n, c, h, w = x.shape
-    if channels_last:
-        return x.permute(1, 3, 4, 0, 2).reshape(n, h, w, k * c).permute(0, 3, 1, 2)
-    return x.transpose(0, 1).reshape(n, k * c, h, w)
-
-
-def from_groups(x: torch.Tensor, k: int) -> torch.Tensor:
-    """(N, K*C, H, W) grouped layout -> (K, N, C, H, W) (a view)."""
-    return x.unflatten(1, (k, -1)).transpose(0, 1)
-
-
-# -- the trainer ----------------------------------------------------------------------------------
-GRAPH_WARM_UP = 3  # eager steps before a training step is captured as a CUDA graph
-
-
-@dataclasses.dataclass
-class _StepGraph:
-    """A captured training step: replaying `graph` trains on the pairs `idx` picks and writes the
-    replicas' losses into `losses`. `key`: the data tensors and batch shape it was captured for."""
-
-    key: tuple
-    graph: "torch.cuda.CUDAGraph"
-    idx: torch.Tensor
-    losses: torch.Tensor
+    module: nn.Module
+    optimizer: torch.optim.Optimizer
+    replicas: slice  # the replicas it computes, in the order of spec.seeds
+    count: int  # how many
 
 
 class ReplicaTrainer:
@@ -248,8 +100,7 @@ class ReplicaTrainer:
             raise ValueError(f"cuda_graphs needs a CUDA device, a loss that does not change as training goes on "
                              f"(not {', '.join(PROGRESS_LOSSES)}) and no float16 loss scaling")
         self.cuda_graphs = graphable if cuda_graphs is None else bool(cuda_graphs)
-        self._graph: _StepGraph | None = None
-        self._eager_steps = 0
+        self._graphed = GraphedStep(self._train_step, self._drop_gradients, self.device)
         keep_freed_memory()  # process-wide, once
         models = [init_replica(spec, s) for s in spec.seeds]
         if self.fused:
@@ -277,6 +128,17 @@ class ReplicaTrainer:
     def k(self) -> int:
         return len(self.spec.seeds)
 
+    @property
+    def _graph(self):
+        """The captured CUDA graph of the step, None while no step was captured."""
+        return self._graphed.captured
+
+    def _networks(self) -> list[_Network]:
+        """What a step trains: the one grouped network of all K replicas, or one network per replica."""
+        if self.fused:
+            return [_Network(self.net, self.optimizers[0], slice(0, self.k), self.k)]
+        return [_Network(m, opt, slice(i, i + 1), 1) for i, (m, opt) in enumerate(zip(self.models, self.optimizers))]
+
     def _autocast(self):
         if not self.spec.amp:
             return contextlib.nullcontext()
@@ -287,8 +149,12 @@ class ReplicaTrainer:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def _set_mode(self, training: bool):
-        for m in ([self.net] if self.fused else self.models):
-            m.train(training)
+        for network in self._networks():
+            network.module.train(training)
+
+    def _drop_gradients(self):
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
 
     # -- training --------------------------------------------------------------------------------
     def train_epoch(self, train_a: torch.Tensor, train_b: torch.Tensor,
@@ -305,8 +171,8 @@ class ReplicaTrainer:
         for step in range(steps):
             progress = (self.epoch + step / steps) / epochs
             idx = orders[:, step * bs:(step + 1) * bs]
-            if graphs and idx.shape[1] == bs:
-                losses = self._graphed_step(train_a, train_b, idx, progress)
+            if graphs and idx.shape[1] == bs:  # a graph has one batch shape: a partial batch runs eagerly
+                losses = self._graphed(train_a, train_b, idx, progress)
             else:
                 losses = self._train_step(train_a, train_b, idx, progress)
             total += losses * idx.shape[1]
@@ -317,74 +183,26 @@ class ReplicaTrainer:
 
     def _train_step(self, train_a: torch.Tensor, train_b: torch.Tensor, idx: torch.Tensor,
                     progress: float) -> torch.Tensor:
-        """One Adam step of every replica on the pairs that `idx` (K, B) picks; their losses, (K,)."""
-        if self.fused:
-            return self._fused_step(train_a[idx], train_b[idx], progress)
-        return torch.stack([self._step(i, train_a[idx[i]], train_b[idx[i]], progress) for i in range(self.k)])
-
-    def _graphed_step(self, train_a: torch.Tensor, train_b: torch.Tensor, idx: torch.Tensor,
-                      progress: float) -> torch.Tensor:
-        """`_train_step` replayed from a CUDA graph of the whole step (gather, forward, backward, Adam):
-        the same kernels on the same memory, launched by one call instead of one by one from Python,
-        which is what a small model's step on a GPU waits for (docs/benchmarks.md, GPU figures).
-        The first GRAPH_WARM_UP steps run eagerly on a side stream (lazy initialisation must not be
-        captured); then the step is captured once per data tensors and batch shape, and each later
-        step copies its indices into the graph's input and replays it."""
-        key = (train_a.data_ptr(), train_b.data_ptr(), train_a.shape, train_b.shape, idx.shape)
-        if self._graph is None or self._graph.key != key:
-            if self._eager_steps < GRAPH_WARM_UP:
-                self._eager_steps += 1
-                side, main = torch.cuda.Stream(self.device), torch.cuda.current_stream(self.device)
-                side.wait_stream(main)
-                with torch.cuda.stream(side):
-                    losses = self._train_step(train_a, train_b, idx, progress)
-                main.wait_stream(side)
-                return losses
-            self._graph = None  # let the previous graph's memory go first
-            self._graph = self._capture(key, train_a, train_b, idx.shape)
-        self._graph.idx.copy_(idx)
-        self._graph.graph.replay()
-        return self._graph.losses.clone()
-
-    def _capture(self, key, train_a: torch.Tensor, train_b: torch.Tensor, idx_shape) -> "_StepGraph":
-        idx = torch.zeros(idx_shape, dtype=torch.long, device=self.device)
-        for opt in self.optimizers:  # backward then writes the gradients into the graph's own memory
+        """One Adam step of every replica on the uint8 pairs that `idx` (K, B) picks; their losses,
+        (K,). This is what runs on every batch, eagerly or captured once and replayed."""
+        losses = []
+        for net, opt, replicas, k in self._networks():
+            a, b = train_a[idx[replicas]], train_b[idx[replicas]]  # (k, B, C, H, W)
+            x = to_unit(to_groups(a, self.channels_last))  # (B, k*C, H, W): replica i's channels are group i
+            with self._autocast():
+                out = net(x)
+            pred = from_groups(out.to(x.dtype), k).flatten(0, 1)  # autocast's output in full precision
+            loss = self.loss_fn(pred, to_unit(b).flatten(0, 1), progress).view(k, -1).mean(1)
             opt.zero_grad(set_to_none=True)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):  # records the kernels; nothing runs until replay
-            losses = self._train_step(train_a, train_b, idx, 0.0)  # graphed losses ignore progress
-        return _StepGraph(key, graph, idx, losses)
-
-    def _step(self, i: int, a: torch.Tensor, b: torch.Tensor, progress: float) -> torch.Tensor:
-        """One Adam step of replica i on uint8 batches (B, C, H, W); its loss, detached."""
-        model, opt = self.models[i], self.optimizers[i]
-        x, y = to_unit(self._layout(a)), to_unit(self._layout(b))
-        with self._autocast():
-            out = model(x)
-        loss = self.loss_fn(out.to(y.dtype), y, progress).mean()  # autocast's output in full precision
-        self._backward_and_step(loss, opt)
-        return loss.detach()
-
-    def _fused_step(self, a: torch.Tensor, b: torch.Tensor, progress: float) -> torch.Tensor:
-        """One Adam step of all replicas on uint8 batches (K, B, C, H, W); their losses, (K,)."""
-        k, batch = a.shape[:2]
-        x = to_unit(to_groups(a, self.channels_last))
-        with self._autocast():
-            out = self.net(x)
-        pred = from_groups(out.to(x.dtype), k).reshape(k * batch, *a.shape[2:])
-        losses = self.loss_fn(pred, to_unit(b).flatten(0, 1), progress).view(k, batch).mean(1)
-        self._backward_and_step(losses.sum(), self.optimizers[0])  # replicas' gradients are disjoint
-        return losses.detach()
-
-    def _backward_and_step(self, loss: torch.Tensor, opt: torch.optim.Optimizer):
-        opt.zero_grad(set_to_none=True)
-        if self._scaler is None:
-            loss.backward()
-            opt.step()
-        else:
-            self._scaler.scale(loss).backward()
-            self._scaler.step(opt)
-            self._scaler.update()
+            if self._scaler is None:
+                loss.sum().backward()  # the replicas' parameters are disjoint: each gets its own gradient
+                opt.step()
+            else:  # float16 autocast
+                self._scaler.scale(loss.sum()).backward()
+                self._scaler.step(opt)
+                self._scaler.update()
+            losses.append(loss.detach())
+        return torch.cat(losses)
 
     # -- evaluation ------------------------------------------------------------------------------
     @torch.no_grad()
@@ -396,11 +214,9 @@ class ReplicaTrainer:
         outs = []
         for start in range(0, len(noisy), batch_size):
             x = to_unit(self._layout(noisy[start:start + batch_size].to(self.device)))
-            with self._autocast():
-                if self.fused:
-                    out = from_groups(self.net(to_groups(x.expand(self.k, *x.shape), self.channels_last)), self.k)
-                else:
-                    out = torch.stack([m(x) for m in self.models])
+            with self._autocast():  # every replica denoises the same images
+                out = torch.cat([from_groups(net(to_groups(x.expand(k, *x.shape), self.channels_last)), k)
+                                 for net, _, _, k in self._networks()])
             outs.append(out.to(x.dtype))
         return torch.cat(outs, 1).clamp_(0, 1)
 
@@ -435,18 +251,23 @@ class ReplicaTrainer:
         return model.eval()
 
     def state_dict(self) -> dict:
-        """A snapshot: copies, which later training leaves as they are (an optimiser's own
-        state_dict holds its live tensors, which the next step changes in place)."""
-        return {
-            "epoch": self.epoch,
-            "fused": self.fused,
-            "replicas": self.replica_state_dicts(),
-            "optimizers": [copy.deepcopy(o.state_dict()) for o in self.optimizers],
-        }
+        """A snapshot, the same whether the replicas train fused or not: "epoch", "replicas" (each
+        replica's `replica_state_dicts()`) and "optimizers" (each replica's Adam state, keyed by
+        parameter name: `{"state": {name: {...}}, "param_groups": [...]}`). Copies, which later
+        training leaves as they are (an optimiser's own state_dict holds its live tensors)."""
+        optimizers = []
+        for net, opt, _, k in self._networks():
+            optimizers += _split_optimizer_state(net, opt, k, stacked=self.fused)
+        return {"epoch": self.epoch, "replicas": self.replica_state_dicts(), "optimizers": optimizers}
 
     def load_state_dict(self, state: dict):
-        if state["fused"] != self.fused or len(state["replicas"]) != self.k:
-            raise ValueError("checkpoint was written by a trainer with other replicas or fusion")
+        """Restore a `state_dict()`, written fused or not."""
+        if "fused" in state:  # the earlier layout: optimiser state by position, one per network
+            raise ValueError("checkpoint written before optimiser states were kept per replica and by name; "
+                             "its weights (\"replicas\") load into build_model, but training cannot resume from it")
+        if len(state["replicas"]) != self.k or len(state.get("optimizers", ())) != self.k:
+            raise ValueError(f"checkpoint holds {len(state['replicas'])} replicas and "
+                             f"{len(state.get('optimizers', ()))} optimiser states; this trainer trains {self.k}")
         if self.fused:
             with torch.no_grad():
                 for source in (self.params, self.buffers):
@@ -455,9 +276,48 @@ class ReplicaTrainer:
         else:
             for model, replica in zip(self.models, state["replicas"]):
                 model.load_state_dict(replica)
-        for opt, opt_state in zip(self.optimizers, state["optimizers"]):
-            opt.load_state_dict(opt_state)
-            for group in opt.param_groups:  # a checkpoint from another device brings its own setting
-                group["capturable"] = self.cuda_graphs
-        self._graph = None  # the optimiser's state tensors are new: capture the step again
+        for net, opt, replicas, _ in self._networks():
+            # a checkpoint from another device brings its own `capturable`: this trainer keeps its own
+            _join_optimizer_state(net, opt, state["optimizers"][replicas], stacked=self.fused,
+                                  capturable=self.cuda_graphs)
+        self._graphed.forget()  # the optimiser's state tensors are new: capture the step again
         self.epoch = int(state["epoch"])
+
+
+# -- the optimiser state per replica, keyed by parameter name ----------------------------------------
+_PER_OPTIMIZER = ("step",)  # Adam's state entries of one value per optimiser; the others are per element
+
+
+def _names_in_order(net: nn.Module, opt: torch.optim.Optimizer) -> list[str]:
+    """The names of `opt`'s parameters in `net`, in the order its state_dict numbers them."""
+    name_of = {id(p): name for name, p in net.named_parameters()}
+    return [name_of[id(p)] for group in opt.param_groups for p in group["params"]]
+
+
+def _split_optimizer_state(net: nn.Module, opt: torch.optim.Optimizer, k: int, stacked: bool) -> list[dict]:
+    """`opt`'s state as k replicas' (copies); a stacked network's parameters are (k, *shape)."""
+    names, saved = _names_in_order(net, opt), opt.state_dict()
+    groups = [{**g, "params": [names[i] for i in g["params"]]} for g in saved["param_groups"]]
+    return [{"state": {names[i]: {key: (v[j] if stacked and key not in _PER_OPTIMIZER else v).clone()
+                                  for key, v in entry.items()}
+                       for i, entry in saved["state"].items()},
+             "param_groups": [dict(g) for g in groups]} for j in range(k)]
+
+
+def _join_optimizer_state(net: nn.Module, opt: torch.optim.Optimizer, replicas: list[dict], stacked: bool,
+                          capturable: bool):
+    """Load the states of the replicas `net` computes (`_split_optimizer_state`'s layout) into `opt`,
+    each tensor in its parameter's device, dtype and memory layout."""
+    names, params = _names_in_order(net, opt), dict(net.named_parameters())
+    settings = {key: v for key, v in replicas[0]["param_groups"][0].items() if key != "params"}
+    state = {}
+    for i, name in enumerate(names):
+        if name not in replicas[0]["state"]:
+            continue  # no step taken yet
+        entries = [r["state"][name] for r in replicas]
+        state[i] = {key: v.clone() if key in _PER_OPTIMIZER else
+                    torch.empty_like(params[name]).copy_(torch.stack([e[key] for e in entries]) if stacked else v)
+                    for key, v in entries[0].items()}
+    groups = [{**g, **settings, "capturable": capturable, "params": g["params"]}
+              for g in opt.state_dict()["param_groups"]]
+    opt.load_state_dict({"state": state, "param_groups": groups})

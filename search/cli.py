@@ -8,21 +8,15 @@ import math
 import os
 import sys
 
+from n2n_models.config import ConfigError, check_config
+
 from .budgets import BUDGETS
+from .errors import SearchInterrupted, UsageError
 from .experiment import Experiment, is_uri
-from .spaces import SPACES, ConfigError, check_config, configs_space
+from .spaces import SPACES, configs_space
 
 SEARCHERS = ("optuna", "random", "grid")
 SCHEDULERS = ("asha", "fifo")
-
-
-class UsageError(Exception):
-    """Bad usage or bad input: reported as one line on stderr, exit status 2."""
-
-
-class SearchInterrupted(Exception):
-    """Ctrl-C outside Tune's own handling (loading data, starting Ray, a second Ctrl-C during
-    `fit`); the message says whether there is anything to resume. Exit status 130."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -194,7 +188,7 @@ def _check_data(data: str, noise: str):
 def main(argv: list[str] | None = None) -> int:
     try:
         experiment, args = parse(argv)
-        from .tuning import run_experiment
+        from .tuning import run_experiment  # here to keep --help and usage errors fast; tuning never imports cli
 
         return run_experiment(experiment, resume=args.resume, name_given=args.name is not None,
                               address=args.address)

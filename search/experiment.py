@@ -7,7 +7,7 @@ import json
 
 import pyarrow.fs
 
-EXPERIMENT_FILE = "n2n_experiment.json"
+from analysis.load import EXPERIMENT_FILE  # the analysis reads it; one name for both
 
 
 @dataclasses.dataclass

@@ -1,9 +1,15 @@
-"""Progress lines on stderr while a search runs: trials done, running, the best so far."""
+"""Progress lines on stdout while a search runs: what it is doing, and trials done, running, the
+best so far (stderr is kept for what went wrong)."""
 from __future__ import annotations
 
 import time
 
 from ray import tune
+
+
+def log(message: str):
+    """One line of what the search is doing, marked as the search's among Ray's own output."""
+    print(f"[n2n-search] {message}", flush=True)
 
 
 class ProgressLog(tune.Callback):

@@ -8,6 +8,7 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 from ray.tune.search.optuna import OptunaSearch
 
 from .spaces import space_of
+from .tune_internals import optuna_trials
 
 
 class DivergenceAwareOptunaSearch(OptunaSearch):
@@ -31,7 +32,7 @@ class RepeatAwareOptunaSearch(DivergenceAwareOptunaSearch):
     searcher reports FINISHED, so a search may end with fewer trials than samples.
 
     The state lives in instance attributes, so OptunaSearch's save/restore (a pickle of __dict__)
-    carries it through --resume."""
+    carries it through --resume (search/tune_internals.py)."""
 
     def __init__(self, *args, proposals: int, log=print, **kwargs):
         super().__init__(*args, **kwargs)
@@ -52,14 +53,14 @@ class RepeatAwareOptunaSearch(DivergenceAwareOptunaSearch):
             if config is None:
                 return None
             self._proposals_left -= 1
-            key = self._key(self._ot_trials[trial_id].params)
+            key = self._key(optuna_trials(self)[trial_id].params)
             first = self._first_trial.setdefault(key, trial_id)
             if first == trial_id:
                 return config
             # a repeat: move Optuna's trial under a stand-in id and answer it with `first`'s outcome
             self._repeats += 1
             stand_in = f"{trial_id}~repeat{self._repeats}"
-            self._ot_trials[stand_in] = self._ot_trials.pop(trial_id)
+            optuna_trials(self)[stand_in] = optuna_trials(self).pop(trial_id)
             self._log(f"proposal repeats trial {first} ({_describe(config)}): not retrained, "
                       f"its result is reused ({self._repeats} repeat{'s' if self._repeats > 1 else ''} so far)")
             if first in self._outcome:

@@ -5,7 +5,9 @@ import dataclasses
 
 from ray import tune
 
-LOSSES = ["l2", "l1", "hdr"]
+from n2n_models.config import HPARAM_KEYS, SEARCHED_LOSSES
+
+LOSSES = list(SEARCHED_LOSSES)  # the losses every search space tries
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,56 +77,12 @@ SPACES = {
 }
 
 
-# -- exact configurations from files (--configs) ----------------------------------------------------
-#: What a --configs entry may set; a key it leaves out takes the trainable's default (TRIAL_DEFAULTS;
-#: width None: the model's default width).
-CONFIG_KEYS = ("label", "model", "lr", "loss", "batchnorm", "dropout", "width", "latent", "batch_size")
-
-
-class ConfigError(ValueError):
-    """A --configs entry that cannot be trained."""
-
-
-def check_config(entry, where: str) -> dict:
-    """One --configs entry -> a complete trial configuration; ConfigError says what is wrong."""
-    from n2n_models import MODELS  # here, not at import: torch is only needed when --configs is used
-    from trainables.n2n import TRIAL_DEFAULTS
-
-    if not isinstance(entry, dict):
-        raise ConfigError(f"{where}: expected a JSON object of hyperparameters, got {type(entry).__name__}")
-    unknown = sorted(set(entry) - set(CONFIG_KEYS))
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(CONFIG_KEYS)}")
-    c = {**{k: TRIAL_DEFAULTS.get(k) for k in CONFIG_KEYS}, **entry}
-
-    def number(key, kind, ok, text):
-        v = c[key]
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and v != int(v)) or not ok(v):
-            raise ConfigError(f"{where}: {key} must be {text}, got {v!r}")
-        c[key] = kind(v)
-
-    if c["model"] not in MODELS:
-        raise ConfigError(f"{where}: model must be one of {', '.join(MODELS)}, got {c['model']!r}")
-    if c["loss"] not in LOSSES:
-        raise ConfigError(f"{where}: loss must be one of {', '.join(LOSSES)}, got {c['loss']!r}")
-    if not isinstance(c["batchnorm"], bool):
-        raise ConfigError(f"{where}: batchnorm must be true or false, got {c['batchnorm']!r}")
-    number("lr", float, lambda v: 0 < v < 10, "a number in (0, 10)")
-    number("dropout", float, lambda v: 0 <= v < 1, "a number in [0, 1)")
-    number("latent", int, lambda v: v >= 1, "a positive integer")
-    number("batch_size", int, lambda v: v >= 2, "an integer >= 2")
-    if c["width"] is not None:
-        number("width", int, lambda v: v >= 1, "a positive integer (or null: the model's default)")
-    if c["label"] is not None and not isinstance(c["label"], str):
-        raise ConfigError(f"{where}: label must be a string, got {c['label']!r}")
-    return c
-
-
+# -- exact configurations from files (--configs; each checked by n2n_models.config.check_config) --
 def configs_space(configs: list[dict]) -> Space:
     """A grid of exactly these (complete, checked) configurations."""
-    params = {k: tune.choice(list({repr(c[k]): c[k] for c in configs}.values())) for k in CONFIG_KEYS}
+    params = {k: tune.choice(list({repr(c[k]): c[k] for c in configs}.values())) for k in HPARAM_KEYS}
     return Space("configs", "the configurations of --configs files", params,
-                 cells=tuple({k: c[k] for k in CONFIG_KEYS} for c in configs))
+                 cells=tuple({k: c[k] for k in HPARAM_KEYS} for c in configs))
 
 
 def space_of(experiment) -> Space:

@@ -8,10 +8,7 @@ import sys
 import pandas as pd
 
 from analysis.load import trial_status
-from trainables.n2n import MODEL_HPARAMS
-
-MODEL_KEYS = {k for keys in MODEL_HPARAMS.values() for k in keys}  # shown only for models that use them
-SHOWN_KEYS = ("label", "model", "lr", "loss", "batchnorm", "dropout", "width", "latent", "batch_size")
+from n2n_models.config import shown_knobs
 
 
 def trial_rows(experiment, results) -> pd.DataFrame:
@@ -20,8 +17,7 @@ def trial_rows(experiment, results) -> pd.DataFrame:
     for result in results:
         history = result.metrics_dataframe
         config = result.config or {}
-        used = MODEL_HPARAMS.get(config.get("model"), ())
-        row = {k: config[k] for k in SHOWN_KEYS if k in config and (k not in MODEL_KEYS or k in used)}
+        row = shown_knobs(config)
         row["trial"] = (result.metrics or {}).get("trial_id", "")
         if history is None or history.empty or "val_psnr" not in history:
             row.update(epochs=0, val_psnr=float("nan"), val_psnr_std=float("nan"))

@@ -313,8 +313,7 @@ def test_exported_model_reproduces_its_recorded_validation_psnr(experiments, rep
 
 
 def test_model_hparams_are_those_the_trainable_builds():
-    from analysis.load import model_hparams, trial_seeds
-    from trainables.n2n import spec_from_config
+    from n2n_models.config import model_hparams, spec_from_config, trial_seeds
 
     for config in ({"model": "tnet", "lr": 1e-3, "width": 64, "batchnorm": True, "dropout": 0.1, "seeds": 3},
                    {"model": "tnet", "label": "TNet+BN", "batchnorm": True, "seeds": 2, "seed": 5},
@@ -356,3 +355,25 @@ def test_an_interrupted_report_leaves_the_previous_one_as_it_was(reports, one_th
     assert rc == 130, err
     assert err.strip().splitlines() == [f"analysis/report.py: interrupted; {out} is as it was before"], err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_tune_trial_states_reads_what_tune_saved(local_ray, tmp_path):
+    """analysis.load reads trial statuses and configs from Tune's private experiment_state file: a
+    Ray upgrade that changes that format fails here, not silently in reports."""
+    from ray import tune
+
+    from analysis.load import tune_trial_states
+
+    def trainable(config):
+        if config["x"] == 2:
+            raise RuntimeError("this trial fails")
+        tune.report({"value": config["x"]})
+
+    tuner = tune.Tuner(trainable, param_space={"x": tune.grid_search([1, 2])},
+                       run_config=tune.RunConfig(storage_path=str(tmp_path), name="states"))
+    results = tuner.fit()
+    states = tune_trial_states(tmp_path / "states")
+    assert len(states) == len(results) == 2
+    by_x = {config["x"]: status for status, config, _ in states.values()}
+    assert by_x == {1: "TERMINATED", 2: "ERROR"}
+    assert all(folder and (tmp_path / "states" / folder).is_dir() for _, _, folder in states.values())

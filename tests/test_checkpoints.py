@@ -4,12 +4,12 @@ import os
 import pickle
 
 import pytest
-import torch
 from ray import tune
 
+from n2n_models.checkpoint import CHECKPOINT_FILE, write_checkpoint
 from n2n_models.data import load_pairs
 from n2n_models.train import ReplicaTrainer, TrainSpec
-from trainables.n2n import CHECKPOINT_FILE, load_checkpoint
+from trainables.n2n import load_checkpoint
 
 pytestmark = pytest.mark.numeric  # run again on the AVX2 code paths by .ci/run
 
@@ -24,7 +24,7 @@ def write_checkpoints(trial_dir):
         trainer.train_epoch(pairs.train_a, pairs.train_b)
         path = trial_dir / f"checkpoint_{epoch:06d}"
         path.mkdir(parents=True)
-        torch.save({"trainer": trainer.state_dict(), "extra": {"best_epoch": epoch + 1}}, path / CHECKPOINT_FILE)
+        write_checkpoint(path, trainer.state_dict(), {"best_epoch": epoch + 1})
         paths.append(path)
     return paths
 
@@ -67,3 +67,24 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
     with pytest.warns(UserWarning, match="is unreadable"):
         _, resumed = load_checkpoint(trainer, tune.Checkpoint.from_directory(str(path)))
     assert not resumed and not marker.exists(), "loading a checkpoint must never execute code"
+
+
+def test_tune_names_checkpoint_folders_as_this_module_expects(local_ray, tmp_path):
+    """n2n_models.checkpoint relies on Tune naming a trial's checkpoint folders checkpoint_<index>
+    in report order (not a documented contract): a Ray upgrade that changes it fails here."""
+    from n2n_models.checkpoint import checkpoint_folders, checkpoint_index, read_checkpoint
+
+    def reports_three_checkpoints(config):
+        import tempfile
+
+        for epoch in range(1, 4):
+            with tempfile.TemporaryDirectory() as d:
+                write_checkpoint(d, {"epoch": epoch, "replicas": []}, {})
+                tune.report({"epoch": epoch}, checkpoint=tune.Checkpoint.from_directory(d))
+
+    tuner = tune.Tuner(reports_three_checkpoints, run_config=tune.RunConfig(storage_path=str(tmp_path), name="x"))
+    result = tuner.fit()[0]
+    assert result.error is None
+    folders = checkpoint_folders(result.path)
+    assert [read_checkpoint(f).epoch for f in folders] == [1, 2, 3]
+    assert [checkpoint_index(f.name) for f in folders] == [0, 1, 2]

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from n2n_models import build_model
-from n2n_models import fast_layers
+from n2n_models import up_concat
 from n2n_models.fast_layers import (NearestUpsample, ThinConv2d, UpConcatConv2d, UpConcatThinConv2d, block_sum,
                                     fuse_upsample_concat, speed_up, thin_conv2d, up_concat_conv2d,
                                     up_concat_thin_conv2d)
@@ -105,7 +105,7 @@ def test_upsample_concat_thin_convolution_matches_the_three_layers_in_value_and_
 
 @pytest.mark.parametrize("layer, out_channels", [(up_concat_thin_conv2d, 3), (up_concat_conv2d, 16)])
 def test_upsample_concat_convolutions_fall_back_to_the_plain_layers_under_autocast(monkeypatch, layer, out_channels):
-    monkeypatch.setattr(fast_layers, "UP_CONCAT_MIN_WORK", 0)  # large enough for the transposed path
+    monkeypatch.setattr(up_concat, "UP_CONCAT_MIN_WORK", 0)  # large enough for the transposed path
     low, skip, w = torch.randn(2, 8, 4, 4), torch.randn(2, 8, 8, 8), torch.randn(out_channels, 16, 3, 3)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = layer(low, skip, w, None, 2)
@@ -124,7 +124,7 @@ def test_upsample_concat_convolutions_fall_back_to_the_plain_layers_under_autoca
 def test_upsample_concat_convolution_matches_the_three_layers_in_value_and_every_gradient(
         monkeypatch, n, low_channels, skip_channels, out_channels, low_size, scale, bias, transposed, groups):
     # UP_CONCAT_MIN_WORK picks the transposed convolution (0) or the plain layers (no limit)
-    monkeypatch.setattr(fast_layers, "UP_CONCAT_MIN_WORK", 0 if transposed else 1 << 60)
+    monkeypatch.setattr(up_concat, "UP_CONCAT_MIN_WORK", 0 if transposed else 1 << 60)
     torch.manual_seed(low_channels + scale + groups)
     cl, g = torch.channels_last, groups
     (hl, wl), (h, w) = low_size, (low_size[0] * scale, low_size[1] * scale)

@@ -142,7 +142,7 @@ def test_a_trial_needing_more_gpus_than_the_local_ray_has_exits_2(local_ray, tmp
     assert len(err) == 1 and f"{gpus} GPUs" in err[0] and "--gpus-per-trial" in err[0], err
     assert not (tmp_path / "runs").exists()
     # what fits is accepted: the same Ray runs a trial that asks for all of its GPUs
-    from search.tuning import check_trial_fits
+    from search.ray_session import check_trial_fits
     check_trial_fits(1, gpus, joined=False, max_concurrent=None)
 
 
@@ -216,7 +216,7 @@ def test_an_interrupted_start_leaves_a_name_that_can_be_used_again(tmp_path):
     failing inside Tune's searcher. After --resume the hint is to resume again."""
     from search.cli import parse
     from search.experiment import EXPERIMENT_FILE
-    from search.tuning import _interrupted_hint, experiment_exists
+    from search.experiment_folder import experiment_exists, interrupted_hint as _interrupted_hint
 
     experiment, _ = parse(["--space", "tnet", "--name", "x", "--storage", str(tmp_path)])
     folder = tmp_path / "x"

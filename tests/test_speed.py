@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from n2n_models.data import load_pairs
+from n2n_models.reference import ReferenceLoop
 from n2n_models.train import NotGroupable, ReplicaTrainer, TrainSpec, fused_by_default, group_replicas
 
 pytestmark = pytest.mark.numeric  # run again on the AVX2 code paths by .ci/run
@@ -31,7 +32,7 @@ def pairs():
 
 def test_project_loop_trains_the_reference_loops_losses_over_the_first_100_steps(pairs):
     torch.set_num_threads(2)
-    reference = _bench().ReferenceLoop("tnet", {}, 7, pairs.train_a, pairs.train_b, batch_size=32)
+    reference = ReferenceLoop("tnet", {}, 7, pairs.train_a, pairs.train_b, batch_size=32)
     expected = torch.stack(reference.train_epoch())
     ours = ReplicaTrainer(TrainSpec("tnet", lr=5e-4, batch_size=32, epochs=1, seeds=(7,)), fused=False)
     got = []

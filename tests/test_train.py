@@ -1,5 +1,7 @@
 """The training loop: it denoises the built-in data, fused replicas equal separate runs, and a
 checkpoint restores training exactly."""
+import io
+
 import pytest
 import torch
 
@@ -90,6 +92,32 @@ def test_checkpoint_restores_training_exactly(synthetic, fused):
     for _ in range(2):
         got = resumed.train_epoch(synthetic.train_a, synthetic.train_b)
     assert torch.allclose(got, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("written_fused", [True, False])
+def test_a_checkpoint_written_fused_continues_sequential_and_the_reverse(synthetic, float64, written_fused):
+    """The checkpoint's layout does not depend on fusion: one written by a fused trainer resumes in a
+    sequential one (and the reverse) and trains on the uninterrupted trainer's losses and weights,
+    Adam's moments included (batch norm: running statistics and their counts too)."""
+    spec = TrainSpec("tnet", hparams={"batchnorm": True}, lr=1e-3, batch_size=32, epochs=3, seeds=(0, 1))
+    a, b = synthetic.train_a[:160], synthetic.train_b[:160]
+    straight = ReplicaTrainer(spec, fused=written_fused)
+    expected = [straight.train_epoch(a, b) for _ in range(3)]
+    first = ReplicaTrainer(spec, fused=written_fused)
+    first.train_epoch(a, b)
+    saved = io.BytesIO()  # through bytes, as a checkpoint file
+    torch.save(first.state_dict(), saved)
+    state = torch.load(io.BytesIO(saved.getvalue()), weights_only=True)
+    assert set(state) == {"epoch", "replicas", "optimizers"} and len(state["optimizers"]) == 2
+    resumed = ReplicaTrainer(spec, fused=not written_fused)
+    resumed.load_state_dict(state)
+    assert resumed.epoch == 1
+    for epoch in (1, 2):
+        torch.testing.assert_close(resumed.train_epoch(a, b), expected[epoch], atol=FLOAT64_TOLERANCE, rtol=0)
+    for i, (got, want) in enumerate(zip(resumed.replica_state_dicts(), straight.replica_state_dicts())):
+        for name, value in want.items():
+            torch.testing.assert_close(got[name], value, atol=FLOAT64_TOLERANCE, rtol=0,
+                                       msg=lambda m: f"replica {i}, {name}: {m}")
 
 
 def test_unet_with_batch_norm_trains_when_the_last_batch_would_hold_one_image():

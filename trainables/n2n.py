@@ -21,31 +21,10 @@ import torch
 from ray import tune
 
 from n2n_models import build_model, count_parameters
+from n2n_models.checkpoint import is_checkpoint_folder, read_checkpoint, write_checkpoint
+from n2n_models.config import TRIAL_DEFAULTS, spec_from_config
 from n2n_models.metrics import psnr_uint8
-from n2n_models.train import ReplicaTrainer, TrainSpec
-
-# What a trial trains when its config leaves a key out.
-TRIAL_DEFAULTS = {
-    "model": "tnet", "lr": 5e-4, "batch_size": 32, "loss": "l2", "epochs": 10, "seeds": 1, "seed": 0,
-    "width": None, "batchnorm": False, "dropout": 0.0, "latent": 8, "grid_images": 8, "amp": False,
-}
-MODEL_HPARAMS = {"tnet": ("width", "batchnorm", "dropout"), "unet": ("width", "batchnorm", "dropout"),
-                 "basenet": ("latent",)}
-CHECKPOINT_FILE = "trainer.pt"
-
-
-def spec_from_config(config: dict) -> TrainSpec:
-    """The TrainSpec a trial config describes (unset keys from TRIAL_DEFAULTS)."""
-    c = {**TRIAL_DEFAULTS, **config}
-    hparams = {k: c[k] for k in MODEL_HPARAMS[c["model"]] if c[k] is not None}
-    for key, cast in (("width", int), ("latent", int), ("batchnorm", bool), ("dropout", float)):
-        if key in hparams:
-            hparams[key] = cast(hparams[key])
-    first = int(c["seed"])
-    return TrainSpec(model=c["model"], hparams=hparams, lr=float(c["lr"]), batch_size=int(c["batch_size"]),
-                     epochs=int(c["epochs"]), loss=c["loss"], seeds=tuple(range(first, first + int(c["seeds"]))),
-                     amp=bool(c["amp"]))
-
+from n2n_models.train import ReplicaTrainer
 
 def trial_device() -> torch.device:
     gpu_ids = ray.get_gpu_ids()
@@ -62,7 +41,7 @@ def _candidates(checkpoint: tune.Checkpoint) -> list[tune.Checkpoint]:
     except OSError:
         return [checkpoint]
     others = sorted((i.path for i in infos if i.type == pyarrow.fs.FileType.Directory
-                     and os.path.basename(i.path).startswith("checkpoint_") and i.path != checkpoint.path),
+                     and is_checkpoint_folder(i.path) and i.path != checkpoint.path),
                     reverse=True)
     return [checkpoint] + [tune.Checkpoint(p, filesystem=fs) for p in others if p < checkpoint.path]
 
@@ -78,8 +57,8 @@ def load_checkpoint(trainer: ReplicaTrainer, latest: tune.Checkpoint | None) -> 
     for checkpoint in _candidates(latest):
         try:
             with checkpoint.as_directory() as d:
-                state = torch.load(os.path.join(d, CHECKPOINT_FILE), map_location=trainer.device, weights_only=True)
-            trainer.load_state_dict(state["trainer"])
+                state = read_checkpoint(d, map_location=trainer.device)
+            trainer.load_state_dict(state.trainer)
         except pickle.UnpicklingError:
             warnings.warn(f"checkpoint {checkpoint.path} is unreadable (not plain tensor data: refused, since "
                           f"loading it could run code); trying the previous one")
@@ -91,7 +70,7 @@ def load_checkpoint(trainer: ReplicaTrainer, latest: tune.Checkpoint | None) -> 
             continue
         if checkpoint is not latest:
             warnings.warn(f"resuming from the earlier checkpoint {checkpoint.path} (epoch {trainer.epoch})")
-        return state["extra"], True
+        return state.extra, True
     warnings.warn("no readable checkpoint for this trial; training it from the start")
     return {}, False
 
@@ -143,9 +122,7 @@ def train_n2n(config: dict, data: dict | None = None):
             "seed_loss": {str(s): float(v) for s, v in zip(spec.seeds, losses)},
         }
         with tempfile.TemporaryDirectory() as d:
-            torch.save({"trainer": trainer.state_dict(),
-                        "extra": {"best_val_psnr": best, "best_epoch": best_epoch}},
-                       os.path.join(d, CHECKPOINT_FILE))
+            write_checkpoint(d, trainer.state_dict(), {"best_val_psnr": best, "best_epoch": best_epoch})
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
         if diverged:
             return

@@ -1,0 +1,189 @@
+"""The trial configuration, in one place: the knobs a trial's config may set (name, default, type,
+check, heading), which of them each model's constructor takes, the one-line check of a
+configuration from a file, and its conversion to the TrainSpec that the training loop reads.
+
+Search spaces, the trainable, the search summary, the analysis, `--configs` and TensorBoard all
+read the knobs from here: a new hyperparameter is one Knob (and, when the loop uses it, one
+TrainSpec field). Imports no Ray.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable
+
+from .losses import LOSSES, get_loss
+
+#: Which knobs each model's constructor takes (build_model(name, **hparams)); the models' names.
+MODEL_HPARAMS = {"tnet": ("width", "batchnorm", "dropout"), "unet": ("width", "batchnorm", "dropout"),
+                 "basenet": ("latent",)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Knob:
+    """One hyperparameter a trial config may set. `kind` is its type (values are cast to it),
+    `check` (with `requirement`, the words an error uses) the values it accepts, `choices` the
+    names it accepts instead, `heading` its column in reports. `default` None for width means
+    the model's own default."""
+
+    name: str
+    kind: type
+    default: object
+    heading: str
+    requirement: str = ""
+    check: Callable[[object], bool] | None = None
+    choices: tuple = ()
+    nullable: bool = False
+    show: Callable[[object], str] = str  # a value as tables write it
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        """The models whose constructor takes this knob; () for a training knob (every model)."""
+        return tuple(m for m, keys in MODEL_HPARAMS.items() if self.name in keys)
+
+
+#: Every knob, in the order tables and summaries show them.
+def _scientific(value) -> str:
+    return f"{float(value):.2e}"
+
+
+def _yes_no(value) -> str:
+    return "yes" if value else "no"
+
+
+KNOBS = (
+    Knob("label", str, None, "Label", "a string", nullable=True),
+    Knob("model", str, "tnet", "Model", choices=tuple(MODEL_HPARAMS)),
+    Knob("lr", float, 5e-4, "LR", "a number in (0, 10)", lambda v: 0 < v < 10, show=_scientific),
+    Knob("loss", str, "l2", "Loss", choices=LOSSES, show=lambda v: str(v).upper()),
+    Knob("batchnorm", bool, False, "BN", "true or false", show=_yes_no),
+    Knob("dropout", float, 0.0, "Dropout", "a number in [0, 1)", lambda v: 0 <= v < 1, show=lambda v: f"{float(v):.3f}"),
+    Knob("width", int, None, "Width", "a positive integer (or null: the model's default)", lambda v: v >= 1,
+         nullable=True),
+    Knob("latent", int, 8, "Latent", "a positive integer", lambda v: v >= 1),
+    Knob("batch_size", int, 32, "Batch", "an integer >= 2", lambda v: v >= 2),
+)
+KNOB = {k.name: k for k in KNOBS}
+HPARAM_KEYS = tuple(KNOB)
+#: A trial config's other keys and their defaults: the run's length and replicas, not searched.
+RUN_DEFAULTS = {"epochs": 10, "seeds": 1, "seed": 0, "grid_images": 8, "amp": False}
+#: What a trial trains when its config leaves a key out.
+TRIAL_DEFAULTS = {**{k.name: k.default for k in KNOBS}, **RUN_DEFAULTS}
+#: Searched loss names: the annealed l0 needs its schedule tied to the run's length, so spaces leave it out.
+SEARCHED_LOSSES = tuple(name for name in LOSSES if name != "l0")
+
+
+@dataclasses.dataclass
+class TrainSpec:
+    """What one trial trains: a model configuration, its optimiser settings and its seeds.
+    `amp` trains and evaluates under autocast (bfloat16; float16 with loss scaling on GPUs
+    without bfloat16); off by default, because its effect on PSNR is measured only per device."""
+
+    model: str = TRIAL_DEFAULTS["model"]
+    hparams: dict = dataclasses.field(default_factory=dict)
+    lr: float = TRIAL_DEFAULTS["lr"]
+    batch_size: int = TRIAL_DEFAULTS["batch_size"]
+    epochs: int = TRIAL_DEFAULTS["epochs"]
+    loss: str = TRIAL_DEFAULTS["loss"]
+    seeds: tuple = (0,)
+    amp: bool = TRIAL_DEFAULTS["amp"]
+
+    def __post_init__(self):
+        self.seeds = tuple(int(s) for s in self.seeds)
+        if not self.seeds:
+            raise ValueError("a TrainSpec needs at least one seed")
+        get_loss(self.loss)  # fail early on an unknown loss
+
+
+def show_value(name: str, value) -> str:
+    """A knob's value as tables and summaries write it ("—" for none)."""
+    if _missing(value):
+        return "—"
+    knob = KNOB.get(name)
+    if knob is not None and knob.show is not str:
+        return knob.show(value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def shown_knobs(config: dict) -> dict:
+    """The knobs of `config` that mean something for its model, in table order (a TNet's
+    `latent` does not)."""
+    model = config.get("model", TRIAL_DEFAULTS["model"])
+    return {k.name: config[k.name] for k in KNOBS
+            if k.name in config and (not k.models or model in k.models)}
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def model_hparams(config: dict) -> dict:
+    """The constructor arguments of the trial's network, as the trainable builds it."""
+    model = config.get("model", TRIAL_DEFAULTS["model"])
+    out = {}
+    for name in MODEL_HPARAMS.get(model, ()):
+        value = config.get(name, KNOB[name].default)
+        if not _missing(value):
+            out[name] = KNOB[name].kind(value)
+    return out
+
+
+def trial_seeds(config: dict) -> list[int]:
+    """The seeds of the trial's replicas, in the order its checkpoints store them."""
+    first = int(config.get("seed", 0) or 0)
+    return list(range(first, first + int(config.get("seeds", 1) or 1)))
+
+
+def _is_training_knob(knob: Knob) -> bool:
+    """A knob of the optimisation (a TrainSpec field of its name), not of the network or the name."""
+    return not knob.models and knob.name not in ("label", "model")
+
+
+def training_knobs(config: dict) -> dict:
+    """The training knobs of a trial config and its epochs, as written into an exported model."""
+    return {**{k.name: config.get(k.name) for k in KNOBS if _is_training_knob(k)}, "epochs": config.get("epochs")}
+
+
+def spec_from_config(config: dict) -> TrainSpec:
+    """The TrainSpec a trial config describes (keys it leaves out from TRIAL_DEFAULTS)."""
+    c = {**TRIAL_DEFAULTS, **config}
+    training = {k.name: k.kind(c[k.name]) for k in KNOBS if _is_training_knob(k) and not _missing(c[k.name])}
+    return TrainSpec(model=c["model"], hparams=model_hparams(c), epochs=int(c["epochs"]),
+                     seeds=tuple(trial_seeds(c)), amp=bool(c["amp"]), **training)
+
+
+class ConfigError(ValueError):
+    """A configuration (from a --configs file) that cannot be trained; the message is one line."""
+
+
+def check_config(entry, where: str) -> dict:
+    """One configuration from a file -> a complete trial configuration of every knob (left-out
+    ones at their defaults); ConfigError says what is wrong, prefixed by `where`."""
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where}: expected a JSON object of hyperparameters, got {type(entry).__name__}")
+    unknown = sorted(set(entry) - set(KNOB))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(KNOB)}")
+    config = {**{k.name: k.default for k in KNOBS}, **entry}
+    for knob in KNOBS:
+        config[knob.name] = _checked(knob, config[knob.name], where)
+    return config
+
+
+def _checked(knob: Knob, value, where: str):
+    if value is None and knob.nullable:
+        return None
+    if knob.choices:
+        if value not in knob.choices:
+            raise ConfigError(f"{where}: {knob.name} must be one of {', '.join(knob.choices)}, got {value!r}")
+        return value
+    if knob.kind is bool or knob.kind is str:
+        if not isinstance(value, knob.kind):
+            raise ConfigError(f"{where}: {knob.name} must be {knob.requirement}, got {value!r}")
+        return value
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            or (knob.kind is int and value != int(value)) or not knob.check(value)):
+        raise ConfigError(f"{where}: {knob.name} must be {knob.requirement}, got {value!r}")
+    return knob.kind(value)

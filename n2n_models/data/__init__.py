@@ -1,0 +1,74 @@
+"""Noise2Noise training pairs and validation sets (``load_pairs``) from the ``--data`` sources and
+``--noise`` models; plain numpy / torch / PIL, nothing downloaded, no ray."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .cache import FORMAT_VERSION, default_cache_dir
+from .crops import IMAGE_FACTORS, area_downsample, point_sample
+from .images import read_image
+from .noise import apply_noise
+from .sources import VAL_PHOTOS, PhotoSplit, folder_split, photo_files, source_for
+from .specs import (DataError, DataSpec, NoiseSpec, Pairs, Progress, check_int, parse_data_spec,
+                    parse_noise_spec)
+from .synthetic import SYNTHETIC_FACTORS, render_synthetic
+
+__all__ = [
+    "DataError",
+    "Pairs",
+    "DataSpec",
+    "NoiseSpec",
+    "PhotoSplit",
+    "load_pairs",
+    "parse_data_spec",
+    "parse_noise_spec",
+    "default_cache_dir",
+    "cache_path",
+    "photo_files",
+    "read_image",
+    "folder_split",
+    "area_downsample",
+    "point_sample",
+    "apply_noise",
+    "render_synthetic",
+    "FORMAT_VERSION",
+    "IMAGE_FACTORS",
+    "SYNTHETIC_FACTORS",
+    "VAL_PHOTOS",
+]
+
+
+def load_pairs(data: str = "photos", noise: str = "pixelate", train_size: int = 50_000,
+               val_size: int = 1_000, seed: int = 0, cache_dir: str | os.PathLike | None = None,
+               progress: Progress = None) -> Pairs:
+    """Noise2Noise training pairs and a validation set.
+
+    Returns :class:`Pairs`: two independently noisy copies of each training image (``train_a``,
+    ``train_b``) and one noisy copy of each validation image with its clean reference
+    (``val_noisy``, ``val_clean``), contiguous CPU ``torch.uint8`` tensors of shape (N, 3, 32, 32).
+    ``data`` is ``photos``, ``synthetic``, ``folder:DIR`` or ``epfl:DIR`` (see the classes in
+    :mod:`.sources` and :mod:`.course`); ``noise`` is ``pixelate`` (:func:`point_sample`) or one
+    of the models in :mod:`.noise`.
+
+    Raises DataError (one line saying what is wrong and how to fix it) for any bad argument or
+    unusable input. Deterministic in (data, noise, train_size, val_size, seed); generated data is
+    cached under ``cache_dir`` (default :func:`default_cache_dir`) in a file keyed by a hash of
+    all of them (see :mod:`.cache`)."""
+    spec = parse_data_spec(data)
+    nspec = parse_noise_spec(noise)
+    train_size = check_int("train_size", train_size, 1)
+    val_size = check_int("val_size", val_size, 1)
+    seed = check_int("seed", seed, 0)
+    if progress is not None and not callable(progress):
+        raise DataError("progress must be a callable taking one string, or None")
+    return source_for(spec).load(nspec, train_size, val_size, seed, cache_dir, progress)
+
+
+def cache_path(data: str = "photos", noise: str = "pixelate", train_size: int = 50_000,
+               val_size: int = 1_000, seed: int = 0, cache_dir: str | os.PathLike | None = None
+               ) -> Path | None:
+    """Where ``load_pairs`` with these arguments caches its data (None for ``epfl``)."""
+    return source_for(parse_data_spec(data)).cache_file(parse_noise_spec(noise), train_size,
+                                                       val_size, seed, cache_dir)

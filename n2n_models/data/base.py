@@ -1,0 +1,132 @@
+"""What every data source provides (:class:`Source`), and the seeding, noise and caching shared by
+the sources whose pairs are generated from clean crops (:class:`GeneratedSource`)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Callable, ClassVar, NamedTuple
+
+import numpy as np
+import torch
+
+from .cache import KEYS, cache_file, cache_key, read_cache, write_cache
+from .noise import noisy_copies
+from .specs import DataSpec, NoiseSpec, Pairs, Progress
+
+#: Makes one set of crops: (n, crop_rng, noise_rng, n_point, need_clean, progress, label) ->
+#: (clean (n, 3, 32, 32) uint8 or None, n_point point-sampled noisy copies of the same shape).
+CropMaker = Callable[[int, np.random.Generator, np.random.Generator, int, bool, Progress, str],
+                     tuple[np.ndarray | None, list[np.ndarray]]]
+
+
+class Split(NamedTuple):
+    """Where training and validation crops come from; they never share an image or a scene."""
+
+    train: CropMaker
+    val: CropMaker
+
+
+class Source(ABC):
+    """A ``--data`` source: turns a noise, sizes and a seed into :class:`Pairs`."""
+
+    kind: ClassVar[str]
+
+    def __init__(self, spec: DataSpec) -> None:
+        self.spec = spec
+
+    @abstractmethod
+    def cache_file(self, noise: NoiseSpec, train_size: int, val_size: int, seed: int,
+                   cache_dir: str | os.PathLike | None) -> Path | None:
+        """Where :meth:`load` caches this set, or None when it caches nothing."""
+
+    @abstractmethod
+    def load(self, noise: NoiseSpec, train_size: int, val_size: int, seed: int,
+             cache_dir: str | os.PathLike | None, progress: Progress) -> Pairs:
+        """The pairs, from the cache when a valid one is there."""
+
+
+def _words(text: str) -> list[int]:
+    d = hashlib.sha256(text.encode()).digest()
+    return [int.from_bytes(d[i:i + 4], "little") for i in range(0, 16, 4)]
+
+
+def _rng(seed: int, *parts: str) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([seed] + _words("\x1f".join(parts))))
+
+
+class GeneratedSource(Source):
+    """A source whose pairs are cut from clean images or scenes, noised, and cached.
+
+    Every set is a function of (source, noise, train_size, val_size, seed) through seeded numpy
+    Generators, one stream per (source kind, part, purpose): crop positions do not depend on the
+    noise kind, and the validation set does not depend on ``train_size``."""
+
+    @abstractmethod
+    def identity(self) -> dict:
+        """What the cache key hashes for this source (JSON-serialisable)."""
+
+    @abstractmethod
+    def open(self, progress: Progress) -> Split:
+        """Read whatever the crops are cut from, once, split into training and validation."""
+
+    def notes(self) -> list[str]:
+        """Progress lines to show before loading (e.g. files a folder ignores)."""
+        return []
+
+    def cache_file(self, noise, train_size, val_size, seed, cache_dir) -> Path:
+        key = cache_key(self.identity(), noise, train_size, val_size, seed)
+        return cache_file(cache_dir, self.kind, noise, train_size, val_size, seed, key)
+
+    def load(self, noise, train_size, val_size, seed, cache_dir, progress) -> Pairs:
+        key = cache_key(self.identity(), noise, train_size, val_size, seed)
+        path = cache_file(cache_dir, self.kind, noise, train_size, val_size, seed, key)
+        description = f"{self.spec}, noise {noise}, {train_size} train + {val_size} val, seed {seed}"
+        for note in self.notes():
+            if progress:
+                progress(note)
+        if path.is_file():
+            obj = read_cache(path, key, train_size, val_size)
+            if obj is not None:
+                if progress:
+                    progress(f"loaded {description} from cache {path}")
+                return Pairs(*(obj[k] for k in KEYS), description)
+            if progress:
+                progress(f"cache file {path} is unreadable or stale; regenerating")
+        if progress:
+            progress(f"generating {description}")
+        t0 = time.monotonic()
+        arrays = self.generate(noise, train_size, val_size, seed, progress)
+        tensors = {k: torch.from_numpy(np.ascontiguousarray(arrays[k])) for k in KEYS}
+        if progress:
+            progress(f"generated in {time.monotonic() - t0:.1f} s")
+        # blame a failed write on whoever called load_pairs: load <- load_pairs <- caller
+        write_cache(path, key, tensors, description, progress, stacklevel=3)
+        return Pairs(*(tensors[k] for k in KEYS), description)
+
+    def generate(self, noise: NoiseSpec, train_size: int, val_size: int, seed: int,
+                 progress: Progress) -> dict[str, np.ndarray]:
+        """The four arrays, NCHW uint8, without the cache."""
+        # pixelate noise is a point sample of the high-resolution source, so it is made with the
+        # crops; every other noise is applied to the clean crops afterwards
+        pix = noise.kind == "pixelate"
+        split = self.open(progress)
+        out = {}
+        for part, n, make_crops in (("train", train_size, split.train), ("val", val_size, split.val)):
+            crop_rng = _rng(seed, self.kind, part, "crops")
+            noise_rng = _rng(seed, self.kind, part, "noise", str(noise))
+            label = f"{part} {self.kind}/{noise}"
+            copies = 2 if part == "train" else 1
+            need_clean = part == "val" or not pix
+            clean, pts = make_crops(n, crop_rng, noise_rng, copies if pix else 0, need_clean,
+                                    progress, label)
+            if not pix:
+                pts = noisy_copies(clean, noise, noise_rng, copies)
+            if part == "train":
+                out["train_a"], out["train_b"] = pts
+            else:
+                out["val_noisy"], out["val_clean"] = pts[0], clean
+        return out
