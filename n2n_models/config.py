@@ -55,6 +55,7 @@ KNOBS = (
     Knob("label", str, None, "Label", "a string", nullable=True),
     Knob("model", str, "tnet", "Model", choices=tuple(MODEL_HPARAMS)),
     Knob("lr", float, 5e-4, "LR", "a number in (0, 10)", lambda v: 0 < v < 10, show=_scientific),
+    Knob("weight_decay", float, 0.0, "Weight decay", "a number in [0, 1)", lambda v: 0 <= v < 1, show=_scientific),
     Knob("loss", str, "l2", "Loss", choices=LOSSES, show=lambda v: str(v).upper()),
     Knob("batchnorm", bool, False, "BN", "true or false", show=_yes_no),
     Knob("dropout", float, 0.0, "Dropout", "a number in [0, 1)", lambda v: 0 <= v < 1, show=lambda v: f"{float(v):.3f}"),
@@ -82,6 +83,7 @@ class TrainSpec:
     model: str = TRIAL_DEFAULTS["model"]
     hparams: dict = dataclasses.field(default_factory=dict)
     lr: float = TRIAL_DEFAULTS["lr"]
+    weight_decay: float = TRIAL_DEFAULTS["weight_decay"]  # Adam's (L2 added to the gradient)
     batch_size: int = TRIAL_DEFAULTS["batch_size"]
     epochs: int = TRIAL_DEFAULTS["epochs"]
     loss: str = TRIAL_DEFAULTS["loss"]

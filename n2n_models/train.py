@@ -121,8 +121,8 @@ class ReplicaTrainer:
     def _adam(self, params):
         # Adam's fused kernel: one pass over each tensor instead of a dozen (same update rule);
         # capturable keeps its step count on the GPU, so that a CUDA graph can replay it
-        return torch.optim.Adam(params, lr=self.spec.lr, fused=self.device.type in ("cpu", "cuda"),
-                                capturable=self.cuda_graphs)
+        return torch.optim.Adam(params, lr=self.spec.lr, weight_decay=self.spec.weight_decay,
+                                fused=self.device.type in ("cpu", "cuda"), capturable=self.cuda_graphs)
 
     @property
     def k(self) -> int:

@@ -37,8 +37,9 @@ def _cells(*rows: dict) -> tuple:
 
 SPACES = {
     "tnet": Space(
-        "tnet", "TNet: lr, batch norm, loss, dropout, embedding width, batch size",
-        {"model": "tnet", "lr": tune.loguniform(1e-4, 3e-3), "batchnorm": tune.choice([False, True]),
+        "tnet", "TNet: lr, weight decay, batch norm, loss, dropout, embedding width, batch size",
+        {"model": "tnet", "lr": tune.loguniform(1e-4, 3e-3), "weight_decay": tune.loguniform(1e-6, 1e-3),
+         "batchnorm": tune.choice([False, True]),
          "loss": tune.choice(LOSSES), "dropout": tune.uniform(0.0, 0.3),
          "width": tune.choice([16, 32, 64, 128]), "batch_size": tune.choice([16, 32, 64])},
     ),
