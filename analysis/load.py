@@ -14,7 +14,8 @@ import pandas as pd
 
 from n2n_models.config import HPARAM_KEYS, trial_seeds
 
-EXPERIMENT_FILE = "n2n_experiment.json"  # what search/run.py writes beside the trials (search.experiment)
+from .experiment_file import EXPERIMENT_FILE
+
 # A trial's fate: ran all its epochs, stopped by the scheduler (ASHA), training produced a
 # non-finite loss, failed with an error, or has not ended (interrupted, still running, never started).
 STATUSES = ("finished", "stopped early", "diverged", "errored", "unfinished")

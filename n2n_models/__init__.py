@@ -1,26 +1,15 @@
 """n2n_models: the report's denoisers (TNet, UNet, BaseNet), losses, PSNR, data and training, in
-pure PyTorch. `build_model(name, **hparams)` is the one way to make a network."""
-from torch import nn
+pure PyTorch. `build_model(name, **hparams)` is the one way to make a network.
 
-from .basenet import BaseNet
-from .tnet import TNet
-from .unet import UNet
-
-MODELS = {"tnet": TNet, "unet": UNet, "basenet": BaseNet}
-
-
-def build_model(name: str, **hparams) -> nn.Module:
-    """Make the network `name` ("tnet", "unet", "basenet") with keyword hyperparameters
-    (TNet/UNet: width, batchnorm, dropout; BaseNet: latent)."""
-    try:
-        cls = MODELS[name]
-    except KeyError:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}") from None
-    return cls(**hparams)
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
+The registry (n2n_models.models) is imported on first use, so that the trial configuration
+(n2n_models.config) reads without torch: a command-line check does not wait for it.
+"""
 __all__ = ["MODELS", "build_model", "count_parameters", "TNet", "UNet", "BaseNet"]
+
+
+def __getattr__(name: str):
+    if name in __all__:
+        from . import models
+
+        return getattr(models, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

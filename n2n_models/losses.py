@@ -2,9 +2,15 @@
 
 Each loss maps (prediction, target, progress) to the per-sample loss, shape (N,), so that fused
 seed replicas and plain training reduce it the same way. `progress` is the fraction of training
-done, in [0, 1]; only the annealed L0 loss uses it.
+done, in [0, 1]; only the annealed L0 loss uses it. Only tensor methods are used, so the names
+import without torch (the command line checks a loss name before it loads torch).
 """
-import torch
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 LOSSES = ("l2", "l1", "hdr", "l0")
 

@@ -7,7 +7,7 @@ import json
 
 import pyarrow.fs
 
-from analysis.load import EXPERIMENT_FILE  # the analysis reads it; one name for both
+from analysis.experiment_file import EXPERIMENT_FILE
 
 
 @dataclasses.dataclass

@@ -18,6 +18,8 @@ from PIL import Image
 from analysis.report import main as report_main
 from conftest import interrupt_when
 
+pytestmark = pytest.mark.slow  # long end-to-end searches: python -m pytest -m "not slow" leaves them out
+
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--budget", "smoke", "--data", "synthetic", "--train-size", "64", "--val-size", "16", "--epochs", "2",
          "--seeds", "2"]

@@ -69,6 +69,7 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
     assert not resumed and not marker.exists(), "loading a checkpoint must never execute code"
 
 
+@pytest.mark.slow
 def test_tune_names_checkpoint_folders_as_this_module_expects(local_ray, tmp_path):
     """n2n_models.checkpoint relies on Tune naming a trial's checkpoint folders checkpoint_<index>
     in report order (not a documented contract): a Ray upgrade that changes it fails here."""

@@ -9,6 +9,8 @@ from ray import tune
 
 from search.cli import main
 
+pytestmark = pytest.mark.slow  # long end-to-end searches: python -m pytest -m "not slow" leaves them out
+
 SMALL = ["--data", "synthetic", "--train-size", "128", "--val-size", "32", "--seeds", "1"]
 
 

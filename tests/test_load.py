@@ -1,7 +1,10 @@
 """Load: a search of 200 one-epoch trials completes with every result recorded and reported."""
 import pandas as pd
+import pytest
 
 from search.cli import main
+
+pytestmark = pytest.mark.slow  # long end-to-end searches: python -m pytest -m "not slow" leaves them out
 
 
 def test_two_hundred_one_epoch_trials_complete_and_are_reported(local_ray, tmp_path, capsys):

@@ -22,6 +22,8 @@ from ray.cluster_utils import Cluster
 from search import tuning
 from search.cli import main
 
+pytestmark = pytest.mark.slow  # clusters of several nodes on one machine: python -m pytest -m "not slow" leaves them out
+
 SMALL = ["--space", "tnet", "--data", "synthetic", "--train-size", "128", "--val-size", "32",
          "--budget", "smoke", "--scheduler", "fifo", "--cpus-per-trial", "1"]
 # A killed node is declared dead after 3 missed 1 s health checks instead of Ray's default ~15 s.

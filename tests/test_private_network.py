@@ -12,8 +12,9 @@ import pytest
 from conftest import REPO
 from search import private_network
 
-pytestmark = pytest.mark.skipif(not private_network.available(),
-                                reason="unprivileged user + network namespaces are not available here")
+pytestmark = [pytest.mark.slow,  # starts the real command's Ray in a namespace
+              pytest.mark.skipif(not private_network.available(),
+                                 reason="unprivileged user + network namespaces are not available here")]
 
 
 def listening_ports(pid: int) -> set[int]:

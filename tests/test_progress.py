@@ -2,11 +2,13 @@
 while trials run, even when no result arrives for a while (long epochs)."""
 import time
 
+import pytest
 from ray import tune
 
 from search.progress import ProgressLog
 
 
+@pytest.mark.slow
 def test_progress_lines_keep_coming_while_no_result_arrives(local_ray, tmp_path):
     def slow_trainable(config):  # defined here: Ray's workers cannot import the tests folder
         for epoch in range(2):

@@ -7,8 +7,11 @@ import sys
 import time
 
 import pandas as pd
+import pytest
 
 from conftest import REPO, run_cli
+
+pytestmark = pytest.mark.slow  # long end-to-end searches: python -m pytest -m "not slow" leaves them out
 
 EPOCHS = 8
 ARGS = ["--space", "tnet", "--data", "synthetic", "--train-size", "800", "--val-size", "32", "--epochs", str(EPOCHS),

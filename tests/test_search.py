@@ -7,6 +7,8 @@ import pytest
 
 from search.cli import main
 
+pytestmark = pytest.mark.slow  # long end-to-end searches: python -m pytest -m "not slow" leaves them out
+
 SMALL = ["--data", "synthetic", "--train-size", "128", "--val-size", "32", "--budget", "smoke"]
 
 

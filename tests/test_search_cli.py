@@ -108,6 +108,7 @@ def test_the_command_exits_2_with_one_line_and_no_traceback(tmp_path):
         "search/run.py: error: unknown space 'resnet'; choose one of tnet, unet, basenet, lr-grid, models"]
 
 
+@pytest.mark.slow
 def test_resume_of_a_missing_experiment_exits_2(tmp_path):
     proc = run_cli("--resume", "--name", "never-ran", "--storage", str(tmp_path), timeout=120)
     assert proc.returncode == 2, proc.stderr
@@ -121,6 +122,7 @@ def test_help_lists_the_spaces():
         assert space in proc.stdout
 
 
+@pytest.mark.slow
 def test_a_trial_larger_than_the_local_machine_exits_2_instead_of_waiting(tmp_path):
     """The local Ray is this machine: a trial that asks for more CPUs than it has could never start
     (Tune would wait for ever). Checked once Ray is up, before anything is written."""
@@ -146,6 +148,7 @@ def test_a_trial_needing_more_gpus_than_the_local_ray_has_exits_2(local_ray, tmp
     check_trial_fits(1, gpus, joined=False, max_concurrent=None)
 
 
+@pytest.mark.slow
 def test_ctrl_c_while_loading_data_says_nothing_was_saved(tmp_path):
     """A Ctrl-C before Tune has saved anything (here: the driver blocked reading an image that is
     a FIFO) exits 130 with one line that does not send the user to --resume, which would fail."""
@@ -172,6 +175,7 @@ def test_ctrl_c_while_loading_data_says_nothing_was_saved(tmp_path):
     assert not (tmp_path / "runs" / "x").exists()
 
 
+@pytest.mark.slow
 def test_ctrl_c_while_ray_starts_leaves_no_ray_process(tmp_path):
     """SIGINT as soon as the raylet of the driver's Ray has started its agents, while `ray.init` is
     still waiting for them: the command exits 130 and no process holds a file of that session for
@@ -209,6 +213,7 @@ def processes_using(folder: str) -> dict[int, str]:
     return found
 
 
+@pytest.mark.slow
 def test_an_interrupted_start_leaves_a_name_that_can_be_used_again(tmp_path):
     """Interrupted before Tune's first experiment state (the experiment file written, maybe Tune's
     tuner.pkl too): the folder is removed when that is all it holds; with anything else in it, it

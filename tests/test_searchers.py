@@ -3,6 +3,7 @@ its first trial's result, never trained twice, and Optuna still hears of every p
 import json
 
 import pandas as pd
+import pytest
 from ray import tune
 
 from search.cli import main
@@ -11,6 +12,7 @@ from search.searchers import RepeatAwareOptunaSearch
 SMALL = ["--data", "synthetic", "--train-size", "128", "--val-size", "32", "--seeds", "1", "--epochs", "2"]
 
 
+@pytest.mark.slow
 def test_tpe_repeats_are_not_retrained_and_optuna_hears_every_proposal(local_ray, tmp_path, space, capsys):
     name = space("four-cells", {"lr": tune.choice([1e-3, 3e-3]), "width": tune.choice([8, 16])})
     rc = main(["--space", name, *SMALL, "--num-samples", "10", "--scheduler", "fifo", "--search-seed", "3",

@@ -30,6 +30,7 @@ def pairs():
     return load_pairs("synthetic", "pixelate", train_size=3200, val_size=32, seed=5)
 
 
+@pytest.mark.slow
 def test_project_loop_trains_the_reference_loops_losses_over_the_first_100_steps(pairs):
     torch.set_num_threads(2)
     reference = ReferenceLoop("tnet", {}, 7, pairs.train_a, pairs.train_b, batch_size=32)
@@ -115,6 +116,7 @@ def test_mixed_precision_trains_on_cpu_with_bfloat16_close_to_float32(pairs):
 
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="the malloc settings are glibc's")
 def test_training_steps_reuse_freed_memory_instead_of_page_faulting_and_user_malloc_settings_win():
     measure = _bench("allocator.py").measure  # a fresh process: the setting is process-wide

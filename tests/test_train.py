@@ -17,6 +17,7 @@ def synthetic():
     return load_pairs("synthetic", "pixelate", train_size=320, val_size=32, seed=3)
 
 
+@pytest.mark.slow
 def test_tnet_learns_to_denoise_the_default_data_in_three_epochs(tmp_path):
     torch.set_num_threads(2)
     pairs = load_pairs("photos", "pixelate", train_size=2000, val_size=200, seed=0, cache_dir=tmp_path)
@@ -43,7 +44,7 @@ def float64():
 # does not. So float64 runs can be held to 1e-9 on every batch and state value, on any CPU, while
 # float32 runs that differ only in summation order end 4% apart in cat3.running_var after 10 such
 # steps (AVX2 against AVX-512). A real bug is far larger: the fused batch norm's running variance
-# taken without Bessel's correction is off by 7e-7 after these steps, epsilon 1e-4 for 1e-5 moves a
+# taken without Bessel's correction is off by 7e-7 after 10 steps, epsilon 1e-4 for 1e-5 moves a
 # loss by 8e-4, a dropped bias by 2e-2, and replicas' swapped weights by far more.
 FLOAT64_TOLERANCE = 1e-9
 
@@ -54,7 +55,7 @@ def test_fused_replicas_train_the_same_numbers_as_separate_runs(synthetic, float
     fused = ReplicaTrainer(spec, fused=True)
     alone = [ReplicaTrainer(TrainSpec("tnet", hparams=hparams, lr=1e-3, batch_size=32, epochs=2, seeds=(s,)),
                             fused=False) for s in spec.seeds]
-    a, b = synthetic.train_a[:160], synthetic.train_b[:160]
+    a, b = synthetic.train_a[:96], synthetic.train_b[:96]  # 3 steps an epoch
     for _ in range(2):
         fused_loss = fused.train_epoch(a, b)
         alone_loss = torch.cat([t.train_epoch(a, b) for t in alone])
@@ -94,13 +95,14 @@ def test_checkpoint_restores_training_exactly(synthetic, fused):
     assert torch.allclose(got, expected, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("written_fused", [True, False])
 def test_a_checkpoint_written_fused_continues_sequential_and_the_reverse(synthetic, float64, written_fused):
     """The checkpoint's layout does not depend on fusion: one written by a fused trainer resumes in a
     sequential one (and the reverse) and trains on the uninterrupted trainer's losses and weights,
     Adam's moments included (batch norm: running statistics and their counts too)."""
     spec = TrainSpec("tnet", hparams={"batchnorm": True}, lr=1e-3, batch_size=32, epochs=3, seeds=(0, 1))
-    a, b = synthetic.train_a[:160], synthetic.train_b[:160]
+    a, b = synthetic.train_a[:96], synthetic.train_b[:96]  # 3 steps an epoch
     straight = ReplicaTrainer(spec, fused=written_fused)
     expected = [straight.train_epoch(a, b) for _ in range(3)]
     first = ReplicaTrainer(spec, fused=written_fused)

@@ -8,6 +8,7 @@ import time
 
 import optuna
 import pandas as pd
+import pytest
 import ray
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
@@ -18,6 +19,7 @@ from search.experiment_folder import STARTED_FILES, has_saved_state
 from search.tune_internals import InterruptWatch, optuna_trials, quiet_trials_without_results
 
 
+@pytest.mark.slow
 def test_ray_init_takes_loopback_node_and_still_advertises_the_routable_address():
     """search/ray_session.py starts a local Ray with ray.init's private `_node_ip_address` set to
     loopback, which Ray 2.60 accepts and replaces by the address it would pick anyway (so its note
