@@ -117,6 +117,12 @@ class ReplicaTrainer:
             self.optimizers = [self._adam(m.parameters()) for m in self.models]
             if self.fast_layers:
                 self.models = [speed_up(m) for m in self.models]
+        # what a step trains: the one grouped network of all K replicas, or one network per replica
+        if self.fused:
+            self._networks_list = [_Network(self.net, self.optimizers[0], slice(0, self.k), self.k)]
+        else:
+            self._networks_list = [_Network(m, opt, slice(i, i + 1), 1)
+                                   for i, (m, opt) in enumerate(zip(self.models, self.optimizers))]
 
     def _adam(self, params):
         # Adam's fused kernel: one pass over each tensor instead of a dozen (same update rule);
@@ -134,10 +140,8 @@ class ReplicaTrainer:
         return self._graphed.captured
 
     def _networks(self) -> list[_Network]:
-        """What a step trains: the one grouped network of all K replicas, or one network per replica."""
-        if self.fused:
-            return [_Network(self.net, self.optimizers[0], slice(0, self.k), self.k)]
-        return [_Network(m, opt, slice(i, i + 1), 1) for i, (m, opt) in enumerate(zip(self.models, self.optimizers))]
+        """What a step trains (built once, in __init__; not on every batch)."""
+        return self._networks_list
 
     def _autocast(self):
         if not self.spec.amp:
