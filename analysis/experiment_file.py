@@ -1,4 +1,9 @@
-"""The experiment file's name: `search/run.py` writes the experiment's description there, beside
-its trials (search.experiment), and the analysis reads it back (analysis.load). Imports nothing."""
+"""The layout of an experiment folder that `search/run.py` writes and the analysis reads: the
+experiment file (the experiment's description, search.experiment -> analysis.load), the yardsticks
+file (the noisy input's and the classical denoisers' test PSNR, n2n_models.classical) and the
+refit's folder (the best configuration trained again, an experiment folder of its own,
+search.refit). Imports nothing."""
 
 EXPERIMENT_FILE = "n2n_experiment.json"
+YARDSTICKS_FILE = "yardsticks.json"
+REFIT_FOLDER = "refit"

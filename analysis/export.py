@@ -13,6 +13,7 @@ from pathlib import Path
 from n2n_models.checkpoint import CHECKPOINT_FILE, TrialCheckpoint, checkpoint_folders, checkpoint_index, read_checkpoint
 from n2n_models.config import model_hparams, training_knobs, trial_seeds
 from n2n_models.export import save_model
+from n2n_models.provenance import MODEL_KEY, for_model_file
 
 from .load import ExperimentData
 
@@ -23,6 +24,7 @@ class BestCheckpoint:
     epoch: int
     seed: int
     val_psnr: float  # of that seed's replica
+    test_psnr: float  # of that seed's replica at that epoch (recorded, never used to choose)
     config_psnr_mean: float
     config_psnr_std: float
     path: Path  # the checkpoint file
@@ -63,7 +65,8 @@ def best_checkpoint(exp: ExperimentData) -> BestCheckpoint | None:
             continue
         best = seeds.iloc[0]
         return BestCheckpoint(trial_id=row.trial_id, epoch=int(row.epoch), seed=int(best["seed"]),
-                              val_psnr=float(best["psnr"]), config_psnr_mean=float(row.psnr_mean),
+                              val_psnr=float(best["psnr"]), test_psnr=float(best.get("test_psnr", float("nan"))),
+                              config_psnr_mean=float(row.psnr_mean),
                               config_psnr_std=float(row.psnr_std) if math.isfinite(row.psnr_std) else float("nan"),
                               path=found[0], state=found[1])
     return None
@@ -99,6 +102,7 @@ def export_best(exp: ExperimentData, best: BestCheckpoint, path: str | Path) -> 
         "data": {"data": spec.get("data"), "noise": spec.get("noise"), "train_size": spec.get("train_size"),
                  "val_size": spec.get("val_size"), "data_seed": spec.get("data_seed", 0)},
         "val_psnr": best.val_psnr,
+        "test_psnr": best.test_psnr,
         "config_val_psnr_mean": best.config_psnr_mean,
         "config_val_psnr_std": best.config_psnr_std,
         "seed": best.seed,
@@ -107,6 +111,7 @@ def export_best(exp: ExperimentData, best: BestCheckpoint, path: str | Path) -> 
         "space": spec.get("space"),
         "trial_id": best.trial_id,
         "checkpoint": str(best.path.relative_to(exp.path)),
+        MODEL_KEY: for_model_file(exp.path, exp.path / trial["folder"]),
     }
     payload = save_model(path, config.get("model", "tnet"), model_hparams(config),
                          replicas[seeds.index(best.seed)], **_plain(meta))

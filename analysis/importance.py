@@ -10,7 +10,7 @@ from .load import ExperimentData
 MIN_TRIALS = 4
 LOG_SCALE = {"lr"}
 CONTINUOUS = {"lr", "dropout"}
-USED_STATUSES = ("finished", "stopped early")  # ASHA-stopped trials count, with their early value, as Optuna sees them
+USED_STATUSES = ("finished", "stopped early")  # ASHA-stopped trials count, with their best value before the stop
 
 
 class Skip(Exception):

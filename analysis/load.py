@@ -32,7 +32,7 @@ class ExperimentData:
     spec     the n2n_experiment.json dict (space, epochs, seeds, data, noise, ...)
     trials   one row per trial, index trial_id: config keys, status, epochs reached, best epoch and
              the seed mean/std of PSNR and loss there and at the last epoch
-    seeds    long form, one row per (trial_id, epoch, seed): psnr, loss
+    seeds    long form, one row per (trial_id, epoch, seed): psnr (validation), loss, test_psnr
     history  one row per (trial_id, epoch): the seed-mean stats plus the trial's own reported columns
     """
 
@@ -216,7 +216,7 @@ def load_experiment(path: str | os.PathLike) -> ExperimentData:
                "epochs": int(rows["epoch"].iloc[-1]) if not rows.empty else 0,
                "failures": failures, "error": error, "config": config}
         if not rows.empty:
-            for col in ("noisy_psnr", "params"):
+            for col in ("noisy_psnr", "noisy_test_psnr", "classical_test_psnr", "params"):
                 if col in rows:
                     row[col] = rows[col].iloc[-1]
             long = _seed_long(rows, trial_id)
@@ -235,7 +235,7 @@ def load_experiment(path: str | os.PathLike) -> ExperimentData:
         raise ExperimentError(f"{exp_dir} has no trials yet (no trial_* folders); run or resume the search first")
 
     seeds = pd.concat(seed_frames, ignore_index=True) if seed_frames else \
-        pd.DataFrame(columns=["trial_id", "epoch", "seed", "psnr", "loss"])
+        pd.DataFrame(columns=["trial_id", "epoch", *SEED_METRICS])
     stats = epoch_stats(seeds)
     history = pd.concat(history_frames, ignore_index=True) if history_frames else pd.DataFrame(columns=["trial_id", "epoch"])
     history = history.merge(stats, on=["trial_id", "epoch"], how="left")
@@ -244,10 +244,16 @@ def load_experiment(path: str | os.PathLike) -> ExperimentData:
     return ExperimentData(path=exp_dir, spec=spec, trials=trials, seeds=seeds, history=history)
 
 
+#: Per-seed metrics of the trainable's results: long-form column -> the prefix of its result columns.
+SEED_COLUMNS = {"psnr": "seed_psnr/", "loss": "seed_loss/", "test_psnr": "seed_test_psnr/"}
+SEED_METRICS = ("seed", *SEED_COLUMNS)
+
+
 def _seed_long(rows: pd.DataFrame, trial_id: str) -> pd.DataFrame:
-    """`seed_psnr/<s>` and `seed_loss/<s>` columns -> rows (trial_id, epoch, seed, psnr, loss)."""
+    """`seed_psnr/<s>`, `seed_loss/<s>` and `seed_test_psnr/<s>` columns -> rows (trial_id, epoch,
+    seed, psnr, loss, test_psnr)."""
     parts = []
-    for metric, column in (("psnr", "seed_psnr/"), ("loss", "seed_loss/")):
+    for metric, column in SEED_COLUMNS.items():
         cols = [c for c in rows.columns if c.startswith(column)]
         if not cols:
             continue
@@ -255,18 +261,19 @@ def _seed_long(rows: pd.DataFrame, trial_id: str) -> pd.DataFrame:
         melted["seed"] = melted["seed"].str.removeprefix(column).astype(int)
         parts.append(melted.set_index(["epoch", "seed"]))
     if not parts:
-        return pd.DataFrame(columns=["trial_id", "epoch", "seed", "psnr", "loss"])
+        return pd.DataFrame(columns=["trial_id", "epoch", *SEED_METRICS])
     long = pd.concat(parts, axis=1).reset_index()
-    for metric in ("psnr", "loss"):
+    for metric in SEED_COLUMNS:
         long[metric] = pd.to_numeric(long[metric], errors="coerce") if metric in long else float("nan")
-    return long.assign(trial_id=trial_id)[["trial_id", "epoch", "seed", "psnr", "loss"]]
+    return long.assign(trial_id=trial_id)[["trial_id", "epoch", *SEED_METRICS]]
 
 
 def epoch_stats(seeds: pd.DataFrame) -> pd.DataFrame:
-    """Seed mean and sample std (ddof=1) of PSNR and loss per (trial_id, epoch)."""
+    """Seed mean and sample std (ddof=1) of validation PSNR, loss and test PSNR per (trial_id, epoch)."""
     grouped = seeds.groupby(["trial_id", "epoch"])
     stats = grouped.agg(psnr_mean=("psnr", "mean"), psnr_std=("psnr", "std"),
-                        loss_mean=("loss", "mean"), loss_std=("loss", "std"), n_seeds=("seed", "count"))
+                        loss_mean=("loss", "mean"), loss_std=("loss", "std"),
+                        test_mean=("test_psnr", "mean"), test_std=("test_psnr", "std"), n_seeds=("seed", "count"))
     # a seed whose value is NaN (diverged) makes the epoch's mean NaN, as the trainable reports it
     nan_any = grouped["psnr"].apply(lambda s: s.isna().any())
     stats.loc[nan_any, ["psnr_mean", "psnr_std"]] = float("nan")
@@ -274,8 +281,9 @@ def epoch_stats(seeds: pd.DataFrame) -> pd.DataFrame:
 
 
 def _summaries(stats: pd.DataFrame) -> pd.DataFrame:
-    """Per trial: the best epoch (highest finite seed-mean PSNR) and the last epoch, with stats."""
-    cols = ["psnr_mean", "psnr_std", "loss_mean", "loss_std", "n_seeds"]
+    """Per trial: the best epoch (highest finite seed-mean validation PSNR) and the last epoch, with
+    stats (test PSNR at those epochs too: it never chooses an epoch)."""
+    cols = ["psnr_mean", "psnr_std", "loss_mean", "loss_std", "test_mean", "test_std", "n_seeds"]
     if stats.empty:
         return pd.DataFrame(columns=["best_epoch", *[f"best_{c}" for c in cols], *[f"final_{c}" for c in cols]])
     final = stats.sort_values("epoch").groupby("trial_id").tail(1).set_index("trial_id")

@@ -16,8 +16,11 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the project importable without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from analysis.experiment_file import EXPERIMENT_FILE, REFIT_FOLDER, YARDSTICKS_FILE  # noqa: E402
 from analysis.load import STATUSES, ExperimentData, ExperimentError, load_experiment  # noqa: E402
+from analysis.provenance import provenance_md, provenance_notes  # noqa: E402
 from analysis.tables import Table, fmt_hparam, importance_table, main_tables  # noqa: E402
+from n2n_models.classical import read_yardsticks, yardstick_line  # noqa: E402
 from n2n_models.config import shown_knobs  # noqa: E402
 
 MD_ROWS = 25  # longest search table shown in report.md (all rows are in the .csv/.tex)
@@ -49,8 +52,21 @@ def _experiment_line(exp: ExperimentData) -> str:
     s = exp.spec
     return (f"Space `{s.get('space')}`, {s.get('searcher')} searcher + {s.get('scheduler')} scheduler, budget "
             f"`{s.get('budget')}`: {s.get('num_samples')} configurations × {s.get('seeds')} seed{'s' if s.get('seeds') != 1 else ''}, up to "
-            f"{s.get('epochs')} epochs, {s.get('train_size')} training pairs and {s.get('val_size')} validation "
-            f"images of `{s.get('data')}` data with `{s.get('noise')}` noise (data seed {s.get('data_seed', 0)}).")
+            f"{s.get('epochs')} epochs, {s.get('train_size')} training pairs, {s.get('val_size')} validation "
+            f"and {s.get('val_size')} test images of `{s.get('data')}` data with `{s.get('noise')}` noise "
+            f"(data seed {s.get('data_seed', 0)}).")
+
+
+def _splits_line(exp: ExperimentData) -> str:
+    """How the data was split, and what each split was used for."""
+    from n2n_models.data import DataError, split_text
+
+    try:
+        how = split_text(exp.spec.get("data", "photos"))
+    except DataError:  # the data folder is gone: the split is still the source kind's
+        how = "see the data source's documentation"
+    return (f"Splits: {how}. Validation PSNR made every choice (which trials ASHA stopped, what TPE "
+            "proposed, each trial's best epoch, the best trial); test PSNR was only recorded.")
 
 
 def _status_line(exp: ExperimentData) -> str:
@@ -97,6 +113,39 @@ def _validation_data(exp: ExperimentData):
     return (pairs.val_noisy, pairs.val_clean), ""
 
 
+def _refit(exp: ExperimentData) -> ExperimentData | None:
+    """The experiment's refit (its best configuration trained again), when there is one."""
+    folder = exp.path / REFIT_FOLDER
+    if not (folder / EXPERIMENT_FILE).is_file():
+        return None
+    try:
+        return load_experiment(folder)
+    except ExperimentError:
+        return None
+
+
+def _refit_md(refit: ExperimentData) -> list[str]:
+    """What the refit measured: validation and test PSNR over its replicas, each at its best
+    validation epoch."""
+    done = refit.trials.dropna(subset=["best_psnr_mean"])
+    val, test = done["best_psnr_mean"], done["best_test_mean"]
+
+    def pm(x):
+        return f"{x.mean():.2f} ± {x.std():.2f}" if len(x) > 1 else f"{x.mean():.2f}"
+
+    return [f"The search's best configuration was trained again (the refit, in `{REFIT_FOLDER}/`) with "
+            f"{len(done)} fresh seed{'s' if len(done) != 1 else ''}, {int(refit.spec.get('epochs', 0))} epochs: "
+            f"validation {pm(val)} dB, test {pm(test)} dB (mean ± std over the replicas, each at its best "
+            "validation epoch). The model exported below is the refit's best replica by validation."]
+
+
+def _best_test(exp: ExperimentData) -> float | None:
+    """The test PSNR of the trial with the best validation PSNR, at that epoch."""
+    if "best_test_mean" not in exp.trials or exp.trials["best_psnr_mean"].dropna().empty:
+        return None
+    return float(exp.trials.loc[exp.trials["best_psnr_mean"].idxmax(), "best_test_mean"])
+
+
 def write_report(exp: ExperimentData, out: Path, samples: int = 32) -> list[Table]:
     """Write everything into `out`; returns the main tables. The files are made in a staging folder
     inside `out` and moved in when all are written, so an interrupted or failed report leaves the
@@ -127,7 +176,15 @@ def _write_report(exp: ExperimentData, out: Path, stage: Path, samples: int) -> 
     noisy = exp.trials["noisy_psnr"].dropna() if "noisy_psnr" in exp.trials else []
     if len(noisy):
         md[-1] += f" Noisy validation inputs score {float(noisy.iloc[0]):.2f} dB (mean per-image PSNR)."
+    md += ["", _splits_line(exp)]
+    refit = _refit(exp)
+    refit_test = refit.trials["best_test_mean"].dropna() if refit is not None and "best_test_mean" in refit.trials else []
+    line = yardstick_line(read_yardsticks(exp.path / YARDSTICKS_FILE), *((refit_test.mean(), "the refit (mean over its replicas)")
+                          if len(refit_test) else (_best_test(exp), "the best trial (at its best validation epoch)")))
+    if line:
+        md += ["", line + "."]
     md.append("")
+    md += provenance_md(exp)
 
     tables = main_tables(exp)
     for table in tables:
@@ -136,25 +193,29 @@ def _write_report(exp: ExperimentData, out: Path, stage: Path, samples: int) -> 
 
     # -- best model -------------------------------------------------------------------------------
     md += ["## Best model", ""]
-    best = best_checkpoint(exp)
+    source = refit if refit is not None and best_checkpoint(refit) is not None else exp
+    best = best_checkpoint(source)
     model = info = None
+    if source is refit:
+        md += _refit_md(refit) + [""]
     if best is None:
         md += ["No trial has a checkpoint with a finite validation PSNR: nothing to export.", ""]
     else:
-        info = export_best(exp, best, stage / "best_model.pt")
+        info = export_best(source, best, stage / "best_model.pt")
         model, _ = load_model(stage / "best_model.pt")
         shown = shown_knobs(info["config"])  # not, e.g., latent for TNet
         hp = ", ".join(f"{k} {fmt_hparam(k, v)}" for k, v in shown.items() if v is not None)
         spread = f" ± {best.config_psnr_std:.2f}" if best.config_psnr_std == best.config_psnr_std else ""
-        md += [f"Trial `{best.trial_id}` ({hp}) reached the highest seed-mean validation PSNR, "
+        which = "Refit replica" if source is refit else "Trial"
+        md += [f"{which} `{best.trial_id}` ({hp}) reached the highest seed-mean validation PSNR, "
                f"{best.config_psnr_mean:.2f}{spread} dB, at epoch {best.epoch}. Its best replica (seed {best.seed}, "
                f"{best.val_psnr:.2f} dB) is exported as [best_model.pt](best_model.pt): model name, "
-               "hyperparameters, weights, data and noise spec, seed, epoch and validation PSNR, loadable with "
-               "`torch.load(path, weights_only=True)`.", ""]
+               "hyperparameters, weights, data and noise spec, seed, epoch, validation PSNR and provenance, "
+               "loadable with `torch.load(path, weights_only=True)`.", ""]
         config = {k: v for k, v in shown.items() if k != "label"}
         config["label"] = f"best of {exp.name}"
         (stage / "best_config.json").write_text(json.dumps(config, indent=1) + "\n")
-        md += [f"Its configuration is in [best_config.json](best_config.json). To train it again with more "
+        md += ["Its configuration is in [best_config.json](best_config.json). To train it again with more "
                "seeds, beside other configurations (one JSON file each):", "", "```",
                f"python search/run.py --configs {_shown_path(out / 'best_config.json')} --configs OTHER.json "
                "--seeds 5", "```", ""]
@@ -206,7 +267,7 @@ def _write_report(exp: ExperimentData, out: Path, stage: Path, samples: int) -> 
         md += ["![Hyperparameter importance](importance.png)", "", table.caption + f" Computed from {used} "
                "finished or ASHA-stopped trials (value: each one's best seed-mean PSNR); with few "
                "trials it is a rough indication.", "", table.to_markdown(), "",
-               f"Files: [importance.csv](importance.csv), [importance.tex](importance.tex).", ""]
+               "Files: [importance.csv](importance.csv), [importance.tex](importance.tex).", ""]
     (stage / "report.md").write_text("\n".join(md), encoding="utf-8")
     return tables
 
@@ -236,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"analysis/report.py: interrupted; {out} is as it was before", file=sys.stderr)
         return 130
     print(f"{exp.name}: {_status_line(exp)}")
+    for note in provenance_notes(exp):
+        print(note.replace("**", ""))
     for table in tables:
         shown = table.display.head(MD_ROWS)
         print(f"\n{TITLES.get(table.name, table.name)}\n{shown.to_string(index=False)}")

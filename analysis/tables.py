@@ -99,6 +99,7 @@ def _grid_data(trials: pd.DataFrame, key_cols: list[str]) -> pd.DataFrame:
     """One row per grid cell: its config keys and the final epoch's seed mean/std."""
     data = trials[[c for c in key_cols if c in trials]].copy()
     data["psnr_mean"], data["psnr_std"] = trials["final_psnr_mean"], trials["final_psnr_std"]
+    data["test_mean"], data["test_std"] = trials["final_test_mean"], trials["final_test_std"]
     data["loss_mean"], data["loss_std"] = trials["final_loss_mean"], trials["final_loss_std"]
     data["seeds"] = trials["final_n_seeds"].fillna(0).astype(int)
     data["epoch"] = trials["final_epoch"].fillna(0).astype(int)
@@ -129,11 +130,13 @@ def lr_table(exp: ExperimentData) -> Table:
         [["PSNR (dB)", *_marked([mean_pm_std(m, s, PSNR_DECIMALS) for m, s in zip(data["psnr_mean"], data["psnr_std"])],
                                 data["status"])],
          [f"Loss ({loss_name})", *_marked([mean_pm_std(m, s, d) for m, s in zip(data["loss_mean"], data["loss_std"])],
-                                          data["status"])]],
+                                          data["status"])],
+         ["Test PSNR (dB)", *_test_cells(data)]],
         columns=["LR × 1e-3", *heads])
     epochs = int(exp.spec.get("epochs", 0))
     caption = (f"Learning rate comparison: validation PSNR and training loss after the last epoch "
-               f"({epochs} planned), average ± standard deviation over {_seed_text(data)}.")
+               f"({epochs} planned), average ± standard deviation over {_seed_text(data)}; test PSNR on "
+               "the held-out test images at the same epoch.")
     names = {t: f"LR {lr * 1e3:g} × 1e-3 (trial {t})" for t, lr in zip(trials.index, trials["lr"])}
     return Table("table1_lr", caption, data.reset_index(drop=True), display, _remarks(trials, names))
 
@@ -154,9 +157,11 @@ def models_table(exp: ExperimentData) -> Table:
         "BN": [_yes_no(v) for v in data["batchnorm"]],
         "PSNR (dB)": _marked([mean_pm_std(m, s, PSNR_DECIMALS) for m, s in zip(data["psnr_mean"], data["psnr_std"])],
                              data["status"]),
+        "Test PSNR (dB)": _test_cells(data),
     })
     caption = (f"Comparison of models: #P parameters in thousands, Res residual connections, BN batch "
-               f"normalisation, PSNR after the last epoch, average ± standard deviation over {_seed_text(data)}.")
+               f"normalisation, validation PSNR after the last epoch, average ± standard deviation over "
+               f"{_seed_text(data)}; test PSNR on the held-out test images, at the same epoch.")
     names = {t: f"{label} (trial {t})" for t, label in zip(trials.index, trials["label"])}
     return Table("table2_models", caption, data.reset_index(drop=True), display, _remarks(trials, names))
 
@@ -192,6 +197,7 @@ def configs_table(exp: ExperimentData) -> Table:
     display[f"Δ vs {first_label} (dB)"] = ["—" if not _finite(m) else mean_pm_std(m, sd, PSNR_DECIMALS)
                                            for m, sd in zip(diff_mean, diff_std)]
     display["Δ > seed spread"] = ["—" if b is None else _yes_no(b) for b in beyond]
+    display["Test PSNR (dB)"] = _test_cells(data)
     caption = (f"Configurations side by side: validation PSNR after the last epoch, average ± standard deviation "
                f"over {_seed_text(data)}; Δ is the paired difference from {first_label} over the same seeds "
                f"(mean ± std of the per-seed differences), and whether its size exceeds the seed spread "
@@ -214,6 +220,7 @@ def search_table(exp: ExperimentData) -> Table:
     data.insert(0, "rank", range(1, len(trials) + 1))
     data.insert(1, "trial_id", trials["trial_id"])
     data["psnr_mean"], data["psnr_std"] = trials["best_psnr_mean"], trials["best_psnr_std"]
+    data["test_mean"], data["test_std"] = trials["best_test_mean"], trials["best_test_std"]
     data["seeds"] = trials["best_n_seeds"].fillna(0).astype(int)
     data["best_epoch"] = trials["best_epoch"].astype("Int64")
     data["epochs"], data["target_epochs"] = trials["epochs"], trials["target_epochs"]
@@ -222,17 +229,26 @@ def search_table(exp: ExperimentData) -> Table:
     for key in keys:
         display[_HEADS.get(key, key)] = [fmt_hparam(key, v) for v in data[key]]
     display["PSNR (dB)"] = [mean_pm_std(m, s, PSNR_DECIMALS) for m, s in zip(data["psnr_mean"], data["psnr_std"])]
+    display["Test PSNR (dB)"] = _test_cells(data)
     display["Best epoch"] = [str(int(v)) if not pd.isna(v) else "—" for v in data["best_epoch"]]
     display["Epochs"] = [f"{int(e)}/{int(t)}" for e, t in zip(data["epochs"], data["target_epochs"])]
     display["Status"] = data["status"].tolist()
     caption = (f"Search over space {exp.spec.get('space')}: every trial, best first, with the validation "
-               f"PSNR at its best epoch (average ± standard deviation over {_seed_text(data)}), the "
-               "epochs it ran of those planned, and its status.")
+               f"PSNR at its best epoch (average ± standard deviation over {_seed_text(data)}), the test "
+               "PSNR at that epoch (held-out images that no choice of the search read), the epochs it ran "
+               "of those planned, and its status.")
     notes = _remarks(trials, {t: f"Trial {t}" for t in trials.index}, statuses=("errored", "diverged", "unfinished"))
     return Table("search", caption, data.reset_index(drop=True), display.reset_index(drop=True), notes)
 
 
 _HEADS = {k.name: k.heading for k in KNOBS}
+
+
+def _test_cells(data: pd.DataFrame) -> list[str]:
+    """Test PSNR, mean ± std over seeds, for rows that have it (older experiments do not)."""
+    if "test_mean" not in data:
+        return ["—"] * len(data)
+    return [mean_pm_std(m, s, PSNR_DECIMALS) if _finite(m) else "—" for m, s in zip(data["test_mean"], data["test_std"])]
 
 
 def _seed_text(data: pd.DataFrame) -> str:

@@ -75,13 +75,13 @@ def asha(first_rung_divisor: int, reduction_factor: int):
 
 
 def plain_tpe(experiment, slots, log=print):
-    """Optuna TPE that trains every proposal, repeats included (the searcher before RepeatAware)."""
+    """Optuna TPE that trains every proposal, repeats included: Ray's own OptunaSearch (before
+    search.searchers.TPESearch, which answers a repeat from its first trial)."""
     import optuna
-
-    from search.searchers import DivergenceAwareOptunaSearch
+    from ray.tune.search.optuna import OptunaSearch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return DivergenceAwareOptunaSearch(seed=experiment.search_seed)
+    return OptunaSearch(seed=experiment.search_seed)
 
 
 def main(argv=None):

@@ -1,5 +1,6 @@
 """`python -m n2n_models.denoise --model best_model.pt IMAGE... --out DIR`: apply an exported
-denoiser to PNG/JPEG images of any size and write PNGs.
+denoiser to PNG/JPEG images of any size and write PNGs; `--model FILE --info` prints what the file
+says of itself (model, hyperparameters, data, validation PSNR, provenance) as JSON instead.
 
 TNet and UNet are fully convolutional but pool down by 32: an image is reflect-padded to a
 multiple of 32 and run whole (large images in overlapping tiles, so memory stays bounded).
@@ -9,6 +10,7 @@ Pure torch + PIL. Exit status: 0 done, 2 bad usage or bad input (one line on std
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -19,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .export import ModelFileError, load_model
+from .export import ModelFileError, load_model, read_model_file
 
 MULTIPLE = 32  # the networks pool down by 32; BaseNet takes exactly 32x32
 FIXED_SIZE = {"basenet"}  # models that only take 32x32 inputs
@@ -142,17 +144,43 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m n2n_models.denoise",
                 description="Denoise PNG/JPEG images with a model exported by analysis/report.py.")
     p.add_argument("--model", required=True, help="best_model.pt written by analysis/report.py")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="PNG or JPEG files, any size")
-    p.add_argument("--out", required=True, help="folder for the denoised PNGs (created if missing)")
+    p.add_argument("images", nargs="*", metavar="IMAGE", help="PNG or JPEG files, any size")
+    p.add_argument("--out", help="folder for the denoised PNGs (created if missing)")
+    p.add_argument("--info", action="store_true", help="print the model file's description and provenance "
+                   "(JSON) and exit; takes no IMAGE or --out")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     p.add_argument("--tile", type=int, default=512,
                    help="largest square (pixels, multiple of 32) run at once by TNet/UNet (default 512)")
     return p
 
 
+def check_usage(args: argparse.Namespace) -> None:
+    """IMAGE and --out go together, without --info; InputError otherwise."""
+    if args.info:
+        if args.images or args.out:
+            raise InputError("--info prints the model file's description only; drop IMAGE and --out")
+        return
+    missing = [name for name, given in (("IMAGE", args.images), ("--out", args.out)) if not given]
+    if missing:
+        raise InputError(f"the following arguments are required: {', '.join(missing)} (see --help)")
+
+
+def print_info(path: str) -> None:
+    """The model file's description, everything but the weights, as JSON on stdout."""
+    try:
+        info = {k: v for k, v in read_model_file(path).items() if k != "state_dict"}
+    except ModelFileError as e:
+        raise InputError(str(e)) from None
+    print(json.dumps(info, indent=2, default=str))
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        check_usage(args)
+        if args.info:
+            print_info(args.model)
+            return 0
         if args.tile < MULTIPLE:
             raise InputError(f"--tile {args.tile}: must be at least {MULTIPLE}")
         try:

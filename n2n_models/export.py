@@ -1,5 +1,6 @@
 """The exported best model: one self-describing file with a network's name, hyperparameters and
-weights, and where they came from (data, noise, seed, epoch, validation PSNR).
+weights, and where they came from (data, noise, seed, epoch, validation PSNR, and the code, libraries
+and machine: n2n_models.provenance).
 
 Only tensors, dicts, lists, strings, numbers, booleans and None go in, so the file loads with
 `torch.load(path, weights_only=True)` and no project code is needed to read it.

@@ -68,6 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=_positive_int)
     p.add_argument("--train-size", type=_positive_int, help="training pairs")
     p.add_argument("--val-size", type=_positive_int, help="validation images")
+    p.add_argument("--refit-seeds", type=_positive_int,
+                   help="after a search, train its best configuration again with this many fresh seeds; the "
+                        "report exports the best of them and gives their test PSNR (default: the budget's, "
+                        "2 for quick, 5 for paper, none for smoke; grids and --configs have no refit)")
+    p.add_argument("--no-refit", action="store_true", help="end a search without the refit")
+    p.add_argument("--time-budget", type=_positive_float, metavar="MINUTES",
+                   help="stop the search after this many minutes, the refit included (trials still running "
+                        "are stopped; their checkpoints count)")
     p.add_argument("--data", default="photos", help="photos (built in), synthetic, folder:DIR or epfl:DIR")
     p.add_argument("--noise", default="pixelate",
                    help="pixelate, gaussian:SIGMA, poisson:LAMBDA, impulse:P, bernoulli:P or text")
@@ -110,6 +118,9 @@ def parse(argv: list[str] | None = None) -> tuple[Experiment, argparse.Namespace
     if searcher == "grid" and not space.is_grid:
         raise UsageError(f"--searcher grid needs a discrete space, but {space.name!r} has continuous "
                          f"parameters ({', '.join(space.continuous_keys())}); use optuna or random")
+    if space.is_grid and (args.refit_seeds or args.no_refit):
+        raise UsageError("--refit-seeds and --no-refit apply to searches; grids and --configs have no refit")
+    refit_seeds = 0 if space.is_grid or args.no_refit else (args.refit_seeds or budget.refit_seeds)
     gpus = args.gpus_per_trial
     if gpus is not None and gpus > 1 and gpus != int(gpus):
         raise UsageError(f"--gpus-per-trial {gpus:g}: a share above 1 must be a whole number of GPUs")
@@ -132,6 +143,7 @@ def parse(argv: list[str] | None = None) -> tuple[Experiment, argparse.Namespace
         data=data, noise=args.noise, data_seed=args.data_seed, search_seed=args.search_seed,
         cpus_per_trial=args.cpus_per_trial, gpus_per_trial=gpus, max_concurrent=args.max_concurrent,
         storage=storage, name=name, fused={"auto": None, "on": True, "off": False}[args.fused], configs=configs,
+        refit_seeds=refit_seeds, time_budget_min=args.time_budget,
     )
     return experiment, args
 

@@ -32,6 +32,8 @@ class Experiment:
     name: str
     fused: bool | None = None
     configs: list | None = None  # --configs: the exact configurations, each complete
+    refit_seeds: int = 0  # replicas of the best configuration trained after a search (0: no refit)
+    time_budget_min: float | None = None  # --time-budget: minutes for the search and its refit
 
     @property
     def path(self) -> str:

@@ -10,12 +10,17 @@ import pyarrow.fs
 
 from ray import tune
 
+from n2n_models.provenance import SEARCH_FILE
+
 from . import tune_internals
 from .errors import UsageError
+from analysis.experiment_file import YARDSTICKS_FILE
+
 from .experiment import EXPERIMENT_FILE, Experiment, is_uri
 
 # what a search leaves in its folder before Tune's first experiment state
-STARTED_FILES = {EXPERIMENT_FILE, tune_internals.TUNER_FILE, tune_internals.STORAGE_MARKER_FILE}
+STARTED_FILES = {EXPERIMENT_FILE, SEARCH_FILE, YARDSTICKS_FILE, tune_internals.TUNER_FILE,
+                 tune_internals.STORAGE_MARKER_FILE}
 
 
 def _listing(path: str) -> list[str]:

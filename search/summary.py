@@ -1,5 +1,6 @@
-"""The end of a search: the best configurations (mean ± std over seeds), the best checkpoint
-and the commands to look further."""
+"""The end of a search: the best configurations (mean ± std over seeds; validation, which chose
+them, and test, which did not), the yardsticks on the same test images, the best checkpoint and
+the commands to look further."""
 from __future__ import annotations
 
 import shlex
@@ -8,6 +9,7 @@ import sys
 import pandas as pd
 
 from analysis.load import trial_status
+from n2n_models.classical import yardstick_line
 from n2n_models.config import shown_knobs
 
 
@@ -20,11 +22,12 @@ def trial_rows(experiment, results) -> pd.DataFrame:
         row = shown_knobs(config)
         row["trial"] = (result.metrics or {}).get("trial_id", "")
         if history is None or history.empty or "val_psnr" not in history:
-            row.update(epochs=0, val_psnr=float("nan"), val_psnr_std=float("nan"))
+            row.update(epochs=0, val_psnr=float("nan"), val_psnr_std=float("nan"), test_psnr=float("nan"))
         else:
             best = history.loc[history["val_psnr"].fillna(-1e9).idxmax()]
             row.update(epochs=int(history["training_iteration"].max()), best_epoch=int(best["training_iteration"]),
-                       val_psnr=best["val_psnr"], val_psnr_std=best.get("val_psnr_std", 0.0))
+                       val_psnr=best["val_psnr"], val_psnr_std=best.get("val_psnr_std", 0.0),
+                       test_psnr=best.get("test_psnr", float("nan")))
         # the report's rule (analysis/load.py): "stopped early" needs the last result's done flag,
         # which a trial that a Ctrl-C left running, or that never started, does not have
         failed = result.error is not None
@@ -35,7 +38,18 @@ def trial_rows(experiment, results) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def print_summary(experiment, results, seconds: float, top: int = 10, interrupted: bool = False) -> None:
+def best_config(experiment, results) -> dict | None:
+    """The configuration of the best trial by validation PSNR at its best epoch (the summary's
+    first row; errored and diverged trials never count), or None."""
+    df = trial_rows(experiment, results)
+    ok = df[~df["status"].isin(["errored", "diverged"])].dropna(subset=["val_psnr"]) if not df.empty else df
+    if ok.empty:
+        return None
+    return dict(ok.sort_values("val_psnr", ascending=False).iloc[0]["_result"].config)
+
+
+def print_summary(experiment, results, seconds: float, top: int = 10, interrupted: bool = False,
+                  yardsticks: dict | None = None) -> None:
     df = trial_rows(experiment, results)
     out = sys.stdout
     counts = df["status"].value_counts().to_dict() if not df.empty else {}
@@ -58,15 +72,28 @@ def print_summary(experiment, results, seconds: float, top: int = 10, interrupte
     noisy = results[0].metrics.get("noisy_psnr") if results[0].metrics else None
     table = ok.drop(columns=["_result"]).head(top).copy()
     psnr = [f"{m:.2f} ± {s:.2f}" for m, s in zip(table.pop("val_psnr"), table.pop("val_psnr_std"))]
-    table.insert(len(table.columns) - 1, "PSNR (dB)", psnr)
+    table.insert(len(table.columns) - 1, "val PSNR (dB)", psnr)
+    test = [f"{t:.2f}" for t in table.pop("test_psnr")]
+    table.insert(len(table.columns) - 1, "test PSNR", test)
     if noisy is not None:
-        print(f"Noisy input: {noisy:.2f} dB. Best configurations (seed mean ± std at each trial's best epoch, "
-              f"{experiment.seeds} seed{'s' if experiment.seeds > 1 else ''}):", file=out)
+        print(f"Noisy validation input: {noisy:.2f} dB. Best configurations (seed mean ± std at each trial's "
+              f"best validation epoch, {experiment.seeds} seed{'s' if experiment.seeds > 1 else ''}; "
+              f"test PSNR is reported only, never used to choose):", file=out)
     print(table.to_string(index=False), file=out)
     best = ok.iloc[0]["_result"]
     checkpoint = best.get_best_checkpoint("val_psnr", "max")
-    print(f"\nBest: {ok.iloc[0]['val_psnr']:.2f} dB; checkpoint: {checkpoint.path if checkpoint else '(none)'}",
-          file=out)
+    print(f"\nBest: {ok.iloc[0]['val_psnr']:.2f} dB validation, {ok.iloc[0]['test_psnr']:.2f} dB test; "
+          f"checkpoint: {checkpoint.path if checkpoint else '(none)'}", file=out)
+    line = yardstick_line(yardsticks, ok.iloc[0]["test_psnr"], "this search's best")
+    if line:
+        print(line, file=out)
+    if not experiment.refit_seeds or interrupted:
+        print_next_steps(experiment)
+
+
+def print_next_steps(experiment) -> None:
+    """The commands that compare the trials and write the report (which exports the best model)."""
+    out = sys.stdout
     path = shlex.quote(experiment.path)
     print(f"Compare trials:  tensorboard --logdir {path}", file=out)
     if "://" in experiment.path:  # the report reads a local folder

@@ -21,10 +21,11 @@ What is relied on (ray 2.60), and why no public API does it:
   loopback; the public equivalent exists only as `ray start --node-ip-address`. Ray 2.60 replaces a
   loopback address by the machine's routable one, so today it changes nothing (hence connect()'s
   note that Ray binds 0.0.0.0, and search/private_network.py); the test fails when Ray changes that.
-- `OptunaSearch._ot_trials` (Tune trial id -> Optuna trial), and `OptunaSearch.save`/`restore`
-  pickling the searcher's whole `__dict__`: search/searchers.py answers a repeated proposal under a
-  stand-in id and keeps its own state in attributes. The Searcher API can neither answer a
-  proposal without a Tune trial nor save a subclass's state.
+- Tune's sampling classes (`ray.tune.search.sample`, DeveloperAPI): `Float` with `.lower`/`.upper`,
+  `Categorical` with `.categories`, and `Domain.get_sampler()`, whose class (`Uniform`, `LogUniform`,
+  or a wrapper such as `Quantized`) is the only record of how a domain draws (sampling_of).
+  search/searchers.py turns a param_space into Optuna distributions from them; Tune's own converter
+  is a private part of its OptunaSearch.
 """
 from __future__ import annotations
 
@@ -49,9 +50,15 @@ def is_experiment_state(name: str) -> bool:
     return name.startswith("experiment_state-") and name.endswith(".json")
 
 
-def optuna_trials(searcher) -> dict:
-    """The Tune trial id -> Optuna trial map of an OptunaSearch."""
-    return searcher._ot_trials
+def sampling_of(domain) -> str:
+    """How a Tune domain draws its values: "uniform" (tune.uniform, tune.choice), "log"
+    (tune.loguniform) or "other" (quantized, normal, a function)."""
+    from ray.tune.search.sample import LogUniform, Uniform
+
+    sampler = domain.get_sampler()
+    if isinstance(sampler, LogUniform):
+        return "log"
+    return "uniform" if isinstance(sampler, Uniform) else "other"
 
 
 class InterruptWatch(logging.Handler):

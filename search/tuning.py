@@ -8,6 +8,9 @@ import warnings
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
+from analysis.experiment_file import YARDSTICKS_FILE
+from n2n_models.classical import write_yardsticks
+from n2n_models.provenance import data_cache_key, record_search
 from trainables import make_trainable
 
 from .errors import SearchInterrupted, UsageError
@@ -17,10 +20,11 @@ from .progress import ProgressLog, log
 from .ray_session import check_reachable, connect, trial_resources
 from .searchers import make_searcher
 from .spaces import space_of
-from .summary import print_summary
+from .refit import refit_experiment, run_refit
+from .summary import best_config, print_summary
 from .tune_internals import InterruptWatch, quiet_trials_without_results
 
-METRIC, MODE = "val_psnr", "max"
+METRIC, MODE = "best_val_psnr", "max"
 
 
 def param_space(experiment: Experiment) -> dict:
@@ -52,9 +56,35 @@ def load_data(experiment: Experiment) -> dict:
     except DataError as e:
         raise UsageError(str(e)) from None
     log(f"data: {experiment.data} + {experiment.noise}, {experiment.train_size} pairs, "
-        f"{experiment.val_size} validation images ({time.time() - start:.1f} s)")
-    names = ("train_a", "train_b", "val_noisy", "val_clean")
-    return {k: getattr(pairs, k).numpy() for k in names}
+        f"{experiment.val_size} validation and {len(pairs.test_noisy)} test images "
+        f"({time.time() - start:.1f} s)")
+    return {k: t.numpy() for k, t in pairs.arrays().items()}
+
+
+def measure_yardsticks(experiment: Experiment, data: dict) -> dict:
+    """The noisy input's and the classical denoisers' PSNR on the test images (strengths chosen on
+    validation), cached beside the data set."""
+    from n2n_models.classical import cached_yardsticks
+    from n2n_models.data import DataError, cache_path
+
+    start = time.time()
+    try:
+        cache = cache_path(experiment.data, experiment.noise, train_size=experiment.train_size,
+                           val_size=experiment.val_size, seed=experiment.data_seed)  # as load_data asks
+    except DataError:  # the data's folder is gone since it was loaded: measure without a cache
+        cache = None
+    result = cached_yardsticks(data, cache and cache.with_suffix(".yardsticks.json"), progress=log)
+    best = result["methods"][result["best"]]
+    log(f"yardsticks on the test images: noisy input {result['noisy_test_psnr']:.2f} dB, best classical "
+        f"denoiser {best['test_psnr']:.2f} dB ({result['best']}; {time.time() - start:.1f} s)")
+    return result
+
+
+def record_provenance(experiment: Experiment) -> None:
+    """This run's provenance record beside the experiment, when it differs from the last one."""
+    cache = data_cache_key(experiment.data, experiment.noise, train_size=experiment.train_size,
+                           val_size=experiment.val_size, seed=experiment.data_seed)  # as load_data asks
+    record_search(experiment.path, cache, progress=log)
 
 
 def run_experiment(experiment: Experiment, resume: bool = False, name_given: bool = True,
@@ -71,20 +101,26 @@ def run_experiment(experiment: Experiment, resume: bool = False, name_given: boo
 
 
 def _run(experiment: Experiment, resume: bool, address: str | None) -> int:
+    began = time.time()
     if address:
         check_reachable(address)
     data = load_data(experiment)
+    yardsticks = measure_yardsticks(experiment, data)
     connect(address)
     cpus, gpus, slots = trial_resources(experiment, joined=address is not None)
-    trainable = make_trainable(data, cpus=cpus, gpus=gpus)
+    trainable = make_trainable(data, cpus=cpus, gpus=gpus, yardsticks=yardsticks)
     log(f"{'resuming' if resume else 'starting'} {experiment.path}: space {experiment.space}, "
         f"{experiment.searcher} + {experiment.scheduler}, {experiment.num_samples} configurations x "
         f"{experiment.seeds} seeds, {experiment.epochs} epochs; {slots} trials at a time "
         f"({cpus:g} CPU, {gpus:g} GPU each)")
     if resume:
+        record_provenance(experiment)
+        write_yardsticks(f"{experiment.path}/{YARDSTICKS_FILE}", yardsticks)
         tuner = tune.Tuner.restore(experiment.path, trainable=trainable, resume_errored=True)
     else:
         experiment.save()
+        record_provenance(experiment)
+        write_yardsticks(f"{experiment.path}/{YARDSTICKS_FILE}", yardsticks)
         tuner = tune.Tuner(
             trainable,
             param_space=param_space(experiment),
@@ -94,10 +130,11 @@ def _run(experiment: Experiment, resume: bool, address: str | None) -> int:
                 # Searchers take the limit here; Tune's own generators (grid, random) take it themselves
                 max_concurrent_trials=slots if experiment.searcher == "optuna" else None, reuse_actors=True,
                 trial_name_creator=trial_name, trial_dirname_creator=trial_name,
+                time_budget_s=search_seconds(experiment),
             ),
             run_config=tune.RunConfig(
                 name=experiment.name, storage_path=experiment.storage,
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=METRIC,
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="val_psnr",
                                                         checkpoint_score_order=MODE),
                 failure_config=tune.FailureConfig(max_failures=2),
                 sync_config=tune.SyncConfig(sync_artifacts=True),
@@ -112,9 +149,29 @@ def _run(experiment: Experiment, resume: bool, address: str | None) -> int:
         results = tuner.fit()
     for result in results:
         drop_superseded_results(result.path)
-    print_summary(experiment, results, time.time() - start, interrupted=interrupted.seen)
-    if interrupted.seen:
+    print_summary(experiment, results, time.time() - start, interrupted=interrupted.seen, yardsticks=yardsticks)
+    status = 130 if interrupted.seen else 0
+    config = best_config(experiment, results)
+    if not interrupted.seen and experiment.refit_seeds and config is not None:
+        left = None if experiment.time_budget_min is None else experiment.time_budget_min * 60 - (time.time() - began)
+        if left is not None and left < MIN_REFIT_SECONDS:
+            log(f"no refit: {max(left, 0):.0f} s of --time-budget left; the report exports the search's best trial")
+        else:
+            status = run_refit(experiment, config, trainable, slots, yardsticks, seconds=left)
+            record_provenance(refit_experiment(experiment, config))  # the report of the refit's folder shows it
+    if status == 130:
         log(f"interrupted; the state is saved. Continue with: python search/run.py --resume "
             f"--name {experiment.name} --storage {experiment.storage}")
-        return 130
-    return 0
+    return status
+
+
+#: The share of a --time-budget kept for the refit when there is one, and the least time worth one.
+REFIT_SHARE, MIN_REFIT_SECONDS = 0.25, 30
+
+
+def search_seconds(experiment: Experiment) -> float | None:
+    """The search's own time budget: --time-budget, less the refit's share."""
+    if experiment.time_budget_min is None:
+        return None
+    share = REFIT_SHARE if experiment.refit_seeds else 0.0
+    return experiment.time_budget_min * 60 * (1 - share)

@@ -81,6 +81,13 @@ def seed_stats(row: pd.Series, metric: str) -> tuple[float, float]:
     return values.mean(), values.std(ddof=1)
 
 
+def row_test_shown(cell: str, test: tuple[float, float]) -> bool:
+    """The test PSNR cell shows the seed mean (± std) of the trial's seed_test_psnr columns."""
+    assert test[0] == test[0], "the trainable reported test PSNR"
+    assert_shown(cell, *test)
+    return True
+
+
 def best_row(history: pd.DataFrame) -> pd.Series:
     means = history[[c for c in history.columns if c.startswith("seed_psnr/")]].astype(float).mean(axis=1)
     return history.loc[means.idxmax()]
@@ -145,11 +152,12 @@ def test_table1_numbers_are_the_seed_mean_and_std_of_each_lr_after_the_last_epoc
     tex = tex_table(reports["lr-grid"] / "table1_lr.tex")
     assert_same_cells(md, tex)
     assert list(md.columns) == ["LR × 1e-3", "0.1", "0.5", "0.9"]
-    assert list(md.iloc[:, 0]) == ["PSNR (dB)", "Loss (L2)"]
+    assert list(md.iloc[:, 0]) == ["PSNR (dB)", "Loss (L2)", "Test PSNR (dB)"]
     assert list(csv["trial_id"]) == by_lr
     for i, trial in enumerate(by_lr):
         last = trials[trial].iloc[-1]
-        psnr, loss = seed_stats(last, "psnr"), seed_stats(last, "loss")
+        psnr, loss, test = seed_stats(last, "psnr"), seed_stats(last, "loss"), seed_stats(last, "test_psnr")
+        assert row_test_shown(md.iloc[2, i + 1], test)
         row = csv.iloc[i]
         assert row["psnr_mean"] == pytest.approx(psnr[0], abs=1e-9) and row["psnr_std"] == pytest.approx(psnr[1], abs=1e-9)
         assert row["loss_mean"] == pytest.approx(loss[0], abs=1e-12) and row["loss_std"] == pytest.approx(loss[1], abs=1e-12)
@@ -165,7 +173,7 @@ def test_table2_has_the_report_shape_and_recomputed_numbers(experiments, reports
     md = md_table((reports["models"] / "report.md").read_text(), "Table 2")
     tex = tex_table(reports["models"] / "table2_models.tex")
     assert_same_cells(md, tex)
-    assert list(md.columns) == ["Model", "#P (k)", "Res", "Loss", "BN", "PSNR (dB)"]
+    assert list(md.columns) == ["Model", "#P (k)", "Res", "Loss", "BN", "PSNR (dB)", "Test PSNR (dB)"]
     assert list(md["Model"]) == ["BaseNet", "UNet", "TNet", "TNet+L1", "TNet+BN"]
     expected = {"BaseNet": ("166.9", "No", "L2", "No"), "UNet": ("991.2", "Yes", "L2", "No"),
                 "TNet": ("43.1", "Yes", "L2", "No"), "TNet+L1": ("43.1", "Yes", "L1", "No"),
@@ -180,6 +188,7 @@ def test_table2_has_the_report_shape_and_recomputed_numbers(experiments, reports
         assert csv.loc[i, "psnr_std"] == pytest.approx(psnr[1], abs=1e-9)
         assert csv.loc[i, "params"] == last["params"]
         assert_shown(row["PSNR (dB)"], *psnr)
+        assert row_test_shown(row["Test PSNR (dB)"], seed_stats(last, "test_psnr"))
 
 
 def test_search_table_ranks_trials_by_their_best_epoch_seed_mean(experiments, reports):
@@ -197,6 +206,7 @@ def test_search_table_ranks_trials_by_their_best_epoch_seed_mean(experiments, re
         assert csv.loc[i, "psnr_mean"] == pytest.approx(psnr[0], abs=1e-9)
         assert csv.loc[i, "psnr_std"] == pytest.approx(psnr[1], abs=1e-9)
         assert_shown(md.loc[i, "PSNR (dB)"], *psnr)
+        assert row_test_shown(md.loc[i, "Test PSNR (dB)"], seed_stats(best[trial], "test_psnr"))  # at the best val epoch
         assert int(md.loc[i, "Best epoch"]) == csv.loc[i, "best_epoch"] == best[trial]["training_iteration"]
         assert md.loc[i, "Epochs"] == f"{len(trials[trial])}/2"
         stopped = len(trials[trial]) < 2

@@ -11,7 +11,7 @@ from n2n_models.data import load_pairs
 from n2n_models.train import ReplicaTrainer, TrainSpec
 from trainables.n2n import load_checkpoint
 
-pytestmark = pytest.mark.numeric  # run again on the AVX2 code paths by .ci/run
+numeric = pytest.mark.numeric  # run again on the AVX2 code paths by .ci/run
 
 SPEC = TrainSpec("tnet", lr=1e-3, batch_size=32, epochs=3, seeds=(0, 1))
 
@@ -29,6 +29,7 @@ def write_checkpoints(trial_dir):
     return paths
 
 
+@numeric
 def test_truncated_checkpoint_falls_back_to_the_previous_good_one(tmp_path):
     paths = write_checkpoints(tmp_path / "trial")
     newest = paths[-1] / CHECKPOINT_FILE
@@ -40,6 +41,7 @@ def test_truncated_checkpoint_falls_back_to_the_previous_good_one(tmp_path):
     assert any("earlier checkpoint" in str(w.message) for w in caught)
 
 
+@numeric
 def test_all_checkpoints_damaged_means_a_fresh_start(tmp_path):
     paths = write_checkpoints(tmp_path / "trial")
     for path in paths:
@@ -55,6 +57,7 @@ class _RunsCode:
         return (os.system, (f"touch {self.marker}",))
 
 
+@numeric
 def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
     marker = tmp_path / "pwned"
     payload = _RunsCode()

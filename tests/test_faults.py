@@ -1,6 +1,7 @@
 """Faults a long search must survive: failing trials (retried from their checkpoint, or recorded
 as errored), diverging trials (stopped cleanly and told to Optuna as failed)."""
 import json
+import math
 import os
 
 import pandas as pd
@@ -11,7 +12,7 @@ from search.cli import main
 
 pytestmark = pytest.mark.slow  # long end-to-end searches: python -m pytest -m "not slow" leaves them out
 
-SMALL = ["--data", "synthetic", "--train-size", "128", "--val-size", "32", "--seeds", "1"]
+SMALL = ["--data", "synthetic", "--train-size", "128", "--val-size", "32", "--seeds", "1", "--no-refit"]
 
 
 def histories(experiment):
@@ -46,7 +47,7 @@ def test_failing_trials_are_retried_from_checkpoint_or_recorded_as_errored(local
 
 
 def test_diverging_trials_stop_cleanly_and_optuna_learns_they_failed(local_ray, tmp_path, space, capsys):
-    from search.searchers import DivergenceAwareOptunaSearch
+    from search.searchers import TPESearch
 
     name = space("diverge", {"lr": tune.choice([1e-3, 1e3]), "loss": "hdr"})
     rc = main(["--space", name, *SMALL, "--epochs", "3", "--num-samples", "6", "--scheduler", "fifo",
@@ -62,11 +63,12 @@ def test_diverging_trials_stop_cleanly_and_optuna_learns_they_failed(local_ray, 
             assert not (tmp_path / "diverge" / trial / "error.txt").exists(), "diverging is not a crash"
         else:
             assert len(history) == 3 and not history["diverged"].any()
-    searcher = DivergenceAwareOptunaSearch()
+    searcher = TPESearch()
     searcher.restore_from_dir(str(tmp_path / "diverge"))
-    states = {t.params["lr"]: set() for t in searcher._ot_study.trials}
-    for t in searcher._ot_study.trials:
+    states = {t.params["lr"]: set() for t in searcher.study.trials}
+    for t in searcher.study.trials:
         states[t.params["lr"]].add(t.state.name)
+        assert all(math.isfinite(v) for v in t.intermediate_values.values()), "Optuna never hears NaN"
     assert states[1e3] == {"FAIL"} and states[1e-3] == {"COMPLETE"}, states
     out = capsys.readouterr().out
     assert "diverged" in out

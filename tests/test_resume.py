@@ -13,9 +13,9 @@ from conftest import REPO, run_cli
 
 pytestmark = pytest.mark.slow  # long end-to-end searches: python -m pytest -m "not slow" leaves them out
 
-EPOCHS = 8
+EPOCHS = 5
 ARGS = ["--space", "tnet", "--data", "synthetic", "--train-size", "800", "--val-size", "32", "--epochs", str(EPOCHS),
-        "--num-samples", "4", "--scheduler", "fifo", "--max-concurrent", "2", "--seeds", "1"]
+        "--num-samples", "4", "--scheduler", "fifo", "--max-concurrent", "2", "--seeds", "1", "--no-refit"]
 
 
 def interrupt_midway(storage, name, sig):

@@ -43,6 +43,11 @@ BAD_USAGE = {
     "unknown flag": (["--learning-rate", "1"], "--learning-rate"),
     "grid with a continuous space": (["--searcher", "grid"], "continuous"),
     "optuna on a fixed grid": (["--space", "lr-grid", "--searcher", "optuna"], "--searcher grid"),
+    "zero refit seeds": (["--refit-seeds", "0"], "--refit-seeds"),
+    "refit of a grid": (["--space", "lr-grid", "--refit-seeds", "3"], "grids and --configs have no refit"),
+    "no refit of a grid": (["--space", "models", "--no-refit"], "grids and --configs have no refit"),
+    "negative time budget": (["--time-budget", "-5"], "--time-budget"),
+    "time budget not a number": (["--time-budget", "soon"], "--time-budget"),
 }
 
 # --configs FILE: what the file holds -> expected words of the error
@@ -245,3 +250,21 @@ def test_an_interrupted_start_leaves_a_name_that_can_be_used_again(tmp_path):
 
     hint = _interrupted_hint(experiment, resume=True)
     assert f"--resume --name x --storage {tmp_path}" in hint and (folder / EXPERIMENT_FILE).exists()
+
+
+def test_searches_refit_by_default_grids_never(tmp_path):
+    from search.cli import parse
+
+    storage = ["--storage", str(tmp_path)]
+    assert parse(storage)[0].refit_seeds == 2  # quick, the default budget
+    assert parse(["--budget", "paper", *storage])[0].refit_seeds == 5
+    assert parse(["--budget", "smoke", *storage])[0].refit_seeds == 0
+    assert parse(["--no-refit", *storage])[0].refit_seeds == 0
+    assert parse(["--refit-seeds", "4", "--budget", "smoke", *storage])[0].refit_seeds == 4
+    assert parse(["--space", "lr-grid", *storage])[0].refit_seeds == 0
+    experiment = parse(["--time-budget", "30", *storage])[0]
+    assert experiment.time_budget_min == 30.0
+    from search.tuning import REFIT_SHARE, search_seconds
+
+    assert search_seconds(experiment) == 30 * 60 * (1 - REFIT_SHARE)  # the rest is the refit's
+    assert search_seconds(parse(["--time-budget", "30", "--no-refit", *storage])[0]) == 30 * 60

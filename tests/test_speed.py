@@ -13,7 +13,7 @@ from n2n_models.data import load_pairs
 from n2n_models.reference import ReferenceLoop
 from n2n_models.train import NotGroupable, ReplicaTrainer, TrainSpec, fused_by_default, group_replicas
 
-pytestmark = pytest.mark.numeric  # run again on the AVX2 code paths by .ci/run
+numeric = pytest.mark.numeric  # run again on the AVX2 code paths by .ci/run
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
@@ -30,6 +30,7 @@ def pairs():
     return load_pairs("synthetic", "pixelate", train_size=3200, val_size=32, seed=5)
 
 
+@numeric
 @pytest.mark.slow
 def test_project_loop_trains_the_reference_loops_losses_over_the_first_100_steps(pairs):
     torch.set_num_threads(2)
@@ -43,6 +44,7 @@ def test_project_loop_trains_the_reference_loops_losses_over_the_first_100_steps
     assert torch.allclose(got, expected, rtol=1e-5, atol=0), (got - expected).abs().max()
 
 
+@numeric
 # batch norm turns last-bit differences of its batched reductions into visible weight differences
 # (Adam rescales its near-zero gradients), hence the looser weight tolerance there
 @pytest.mark.parametrize("model, hparams, seeds, epochs, weight_tolerance", [
@@ -69,6 +71,7 @@ def test_fused_replicas_train_the_same_numbers_as_separate_runs(pairs, model, hp
                                   atol=weight_tolerance), name
 
 
+@numeric
 def test_replica_state_dicts_are_plain_contiguous_tensors_that_load_into_the_model(pairs):
     trainer = ReplicaTrainer(TrainSpec("tnet", lr=1e-3, batch_size=32, seeds=(0, 1)), fused=False)
     trainer.train_epoch(pairs.train_a[:64], pairs.train_b[:64])
@@ -101,6 +104,7 @@ def test_a_layer_that_cannot_be_fused_is_refused_with_a_clear_error():
         group_replicas([WithLinear(), WithLinear()])
 
 
+@numeric
 def test_mixed_precision_trains_on_cpu_with_bfloat16_close_to_float32(pairs):
     a, b = pairs.train_a[:192], pairs.train_b[:192]
     full = ReplicaTrainer(TrainSpec("tnet", lr=2e-3, batch_size=32, seeds=(0, 1)), fused=False)

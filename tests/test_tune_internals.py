@@ -6,17 +6,20 @@ import os
 import signal
 import time
 
-import optuna
 import pandas as pd
 import pytest
 import ray
-from ray import tune
-from ray.tune.search.optuna import OptunaSearch
-
 from conftest import LOCAL_RAY
+from ray import tune
+from ray.tune.search import sample
+
 from search import tune_internals
 from search.experiment_folder import STARTED_FILES, has_saved_state
-from search.tune_internals import InterruptWatch, optuna_trials, quiet_trials_without_results
+from search.tune_internals import (
+    InterruptWatch,
+    quiet_trials_without_results,
+    sampling_of,
+)
 
 
 @pytest.mark.slow
@@ -121,20 +124,18 @@ def test_reading_a_trial_without_result_files_gives_the_warning_that_is_dropped(
     assert len(seen) == 1 and seen[0].startswith(tune_internals.FETCH_FAILED_TEXT), seen
 
 
-def test_optuna_search_keeps_optuna_trials_by_tune_trial_id_and_saves_its_whole_state(tmp_path):
-    """search/searchers.py moves a proposal's Optuna trial under a stand-in id and answers it
-    there, and keeps its own state in attributes that OptunaSearch.save/restore must carry."""
-    searcher = OptunaSearch(space={"lr": tune.uniform(0.0, 1.0)}, metric="val_psnr", mode="max", seed=0)
-    config = searcher.suggest("t1")
-    trial = optuna_trials(searcher)["t1"]
-    assert isinstance(trial, optuna.trial.Trial) and trial.params == config
-    optuna_trials(searcher)["t1~repeat1"] = optuna_trials(searcher).pop("t1")
-    searcher.on_trial_complete("t1~repeat1", {"val_psnr": 21.0})
-    [told] = trial.study.trials
-    assert told.state == optuna.trial.TrialState.COMPLETE and told.value == 21.0
-
-    searcher.own_state = {"repeats": 1}
-    searcher.save(str(tmp_path / "searcher.pkl"))
-    restored = OptunaSearch(space={"lr": tune.uniform(0.0, 1.0)}, metric="val_psnr", mode="max")
-    restored.restore(str(tmp_path / "searcher.pkl"))
-    assert restored.own_state == {"repeats": 1} and "t1~repeat1" in optuna_trials(restored)
+def test_tune_domains_say_their_bounds_categories_and_sampling():
+    """search/searchers.py reads a param_space through Float's bounds, Categorical's categories and
+    sampling_of (the class of Domain.get_sampler()); Optuna's TPE needs to know which floats are
+    drawn on a log scale, and anything else Tune can draw must be refused, not mistaken for uniform."""
+    lr = tune.loguniform(1e-4, 3e-3)
+    assert isinstance(lr, sample.Float) and (lr.lower, lr.upper) == (1e-4, 3e-3) and sampling_of(lr) == "log"
+    dropout = tune.uniform(0.0, 0.3)
+    assert isinstance(dropout, sample.Float) and (dropout.lower, dropout.upper) == (0.0, 0.3)
+    assert sampling_of(dropout) == "uniform"
+    loss = tune.choice(["l2", "l1"])
+    assert isinstance(loss, sample.Categorical) and loss.categories == ["l2", "l1"] and sampling_of(loss) == "uniform"
+    for other in (tune.quniform(0.0, 1.0, 0.1), tune.qloguniform(1e-4, 1e-2, 1e-4), tune.randn(0.0, 1.0),
+                  tune.sample_from(lambda spec: 1)):
+        assert sampling_of(other) == "other", other
+    assert isinstance(tune.randint(1, 4), sample.Domain) and not isinstance(tune.randint(1, 4), sample.Float)

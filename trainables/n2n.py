@@ -75,11 +75,18 @@ def load_checkpoint(trainer: ReplicaTrainer, latest: tune.Checkpoint | None) -> 
     return {}, False
 
 
-def train_n2n(config: dict, data: dict | None = None):
-    """Function trainable. `data` holds uint8 arrays train_a, train_b, val_noisy, val_clean."""
+def train_n2n(config: dict, data: dict | None = None, yardsticks: dict | None = None):
+    """Function trainable. `data` holds the uint8 arrays of the data set's three splits
+    (n2n_models.data.SPLIT_KEYS); `yardsticks` (n2n_models.classical) the noisy input's and the
+    best classical denoiser's test PSNR, reported beside the trial's own.
+
+    Validation PSNR is what every decision reads (ASHA, TPE, the best epoch and trial); test PSNR
+    is reported for the record only."""
     for name in ("ray.tune", "ray.train"):  # keep the driver's console to our progress lines
         logging.getLogger(name).setLevel(logging.WARNING)
     started = time.time()
+    from n2n_models.provenance import record_trial
+    record_trial(tune.get_context().get_trial_dir())  # this machine's record, beside the trial's results
     spec = spec_from_config(config)
     device = trial_device()
     threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
@@ -89,27 +96,36 @@ def train_n2n(config: dict, data: dict | None = None):
     trainer = ReplicaTrainer(spec, device=device, fused=config.get("fused"))
     extra, resumed = load_checkpoint(trainer, tune.get_checkpoint())
     best, best_epoch = extra.get("best_val_psnr", -math.inf), extra.get("best_epoch", 0)
+    best_test = extra.get("best_epoch_test_psnr", float("nan"))
     with torch.random.fork_rng():  # counting must not shift the random stream training draws from
         params = count_parameters(build_model(spec.model, **spec.hparams))
     noisy_psnr = psnr_uint8(arrays["val_noisy"], arrays["val_clean"])
+    noisy_test_psnr = psnr_uint8(arrays["test_noisy"], arrays["test_clean"])
+    classical = (yardsticks or {}).get("methods", {}).get((yardsticks or {}).get("best"), {})
     grid = ImageGrid(int(config.get("grid_images", TRIAL_DEFAULTS["grid_images"])))
     while trainer.epoch < spec.epochs:
         inject_fault(config, trainer.epoch + 1, resumed)
         losses = trainer.train_epoch(arrays["train_a"], arrays["train_b"])
         diverged = not bool(torch.isfinite(losses).all())
-        seed_psnr = trainer.evaluate(arrays["val_noisy"], arrays["val_clean"]) if not diverged \
-            else torch.full((trainer.k,), float("nan"))
-        val_psnr = float(seed_psnr.mean())
+        nan = torch.full((trainer.k,), float("nan"))
+        seed_psnr = trainer.evaluate(arrays["val_noisy"], arrays["val_clean"]) if not diverged else nan
+        seed_test = trainer.evaluate(arrays["test_noisy"], arrays["test_clean"]) if not diverged else nan
+        val_psnr, test_psnr = float(seed_psnr.mean()), float(seed_test.mean())
         if not diverged and val_psnr > best:
-            best, best_epoch = val_psnr, trainer.epoch
+            best, best_epoch, best_test = val_psnr, trainer.epoch, test_psnr
             grid.write(trainer, arrays["val_noisy"], arrays["val_clean"], trainer.epoch)
         metrics = {
             "val_psnr": val_psnr,
             "val_psnr_std": float(seed_psnr.std(unbiased=True)) if trainer.k > 1 else 0.0,
             "best_val_psnr": best if best > -math.inf else float("nan"),
             "best_epoch": best_epoch,
+            "test_psnr": test_psnr,
+            "test_psnr_std": float(seed_test.std(unbiased=True)) if trainer.k > 1 else 0.0,
+            "best_epoch_test_psnr": best_test,
             "train_loss": float(losses.mean()),
             "noisy_psnr": noisy_psnr,
+            "noisy_test_psnr": noisy_test_psnr,
+            "classical_test_psnr": classical.get("test_psnr", float("nan")),
             "params": params,
             "epoch": trainer.epoch,
             "diverged": diverged,
@@ -119,10 +135,12 @@ def train_n2n(config: dict, data: dict | None = None):
             "process_start": started,
             "reported_at": time.time(),
             "seed_psnr": {str(s): float(v) for s, v in zip(spec.seeds, seed_psnr)},
+            "seed_test_psnr": {str(s): float(v) for s, v in zip(spec.seeds, seed_test)},
             "seed_loss": {str(s): float(v) for s, v in zip(spec.seeds, losses)},
         }
         with tempfile.TemporaryDirectory() as d:
-            write_checkpoint(d, trainer.state_dict(), {"best_val_psnr": best, "best_epoch": best_epoch})
+            write_checkpoint(d, trainer.state_dict(), {"best_val_psnr": best, "best_epoch": best_epoch,
+                                                       "best_epoch_test_psnr": best_test})
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
         if diverged:
             return
@@ -162,7 +180,7 @@ def inject_fault(config: dict, epoch: int, resumed: bool):
         raise InjectedFault(f"injected fault at epoch {epoch}")
 
 
-def make_trainable(data: dict, cpus: float = 1, gpus: float = 0):
+def make_trainable(data: dict, cpus: float = 1, gpus: float = 0, yardsticks: dict | None = None):
     """The trainable with its data in the object store and its resource request attached."""
-    wrapped = tune.with_parameters(train_n2n, data=data)
+    wrapped = tune.with_parameters(train_n2n, data=data, yardsticks=yardsticks)
     return tune.with_resources(wrapped, {"cpu": cpus, "gpu": gpus})

@@ -13,9 +13,9 @@ from typing import Callable, ClassVar, NamedTuple
 import numpy as np
 import torch
 
-from .cache import KEYS, cache_file, cache_key, read_cache, write_cache
+from .cache import cache_file, cache_key, read_cache, write_cache
 from .noise import noisy_copies
-from .specs import DataSpec, NoiseSpec, Pairs, Progress
+from .specs import SPLIT_KEYS, DataSpec, NoiseSpec, Pairs, Progress, Sizes
 
 #: Makes one set of crops: (n, crop_rng, noise_rng, n_point, need_clean, progress, label) ->
 #: (clean (n, 3, 32, 32) uint8 or None, n_point point-sampled noisy copies of the same shape).
@@ -24,27 +24,31 @@ CropMaker = Callable[[int, np.random.Generator, np.random.Generator, int, bool, 
 
 
 class Split(NamedTuple):
-    """Where training and validation crops come from; they never share an image or a scene."""
+    """Where training, validation and test crops come from; no two share a pixel of an image,
+    and for folders and course files no two share an image."""
 
     train: CropMaker
     val: CropMaker
+    test: CropMaker
 
 
 class Source(ABC):
     """A ``--data`` source: turns a noise, sizes and a seed into :class:`Pairs`."""
 
     kind: ClassVar[str]
+    #: How the source splits training, validation and test, for reports.
+    split_text: ClassVar[str]
 
     def __init__(self, spec: DataSpec) -> None:
         self.spec = spec
 
     @abstractmethod
-    def cache_file(self, noise: NoiseSpec, train_size: int, val_size: int, seed: int,
+    def cache_file(self, noise: NoiseSpec, sizes: Sizes, seed: int,
                    cache_dir: str | os.PathLike | None) -> Path | None:
         """Where :meth:`load` caches this set, or None when it caches nothing."""
 
     @abstractmethod
-    def load(self, noise: NoiseSpec, train_size: int, val_size: int, seed: int,
+    def load(self, noise: NoiseSpec, sizes: Sizes, seed: int,
              cache_dir: str | os.PathLike | None, progress: Progress) -> Pairs:
         """The pairs, from the cache when a valid one is there."""
 
@@ -61,9 +65,9 @@ def _rng(seed: int, *parts: str) -> np.random.Generator:
 class GeneratedSource(Source):
     """A source whose pairs are cut from clean images or scenes, noised, and cached.
 
-    Every set is a function of (source, noise, train_size, val_size, seed) through seeded numpy
-    Generators, one stream per (source kind, part, purpose): crop positions do not depend on the
-    noise kind, and the validation set does not depend on ``train_size``."""
+    Every set is a function of (source, noise, sizes, seed) through seeded numpy Generators, one
+    stream per (source kind, split, purpose): crop positions do not depend on the noise kind, and
+    no split depends on another's size."""
 
     @abstractmethod
     def identity(self) -> dict:
@@ -71,56 +75,57 @@ class GeneratedSource(Source):
 
     @abstractmethod
     def open(self, progress: Progress) -> Split:
-        """Read whatever the crops are cut from, once, split into training and validation."""
+        """Read whatever the crops are cut from, once, split into training, validation and test."""
 
     def notes(self) -> list[str]:
         """Progress lines to show before loading (e.g. files a folder ignores)."""
         return []
 
-    def cache_file(self, noise, train_size, val_size, seed, cache_dir) -> Path:
-        key = cache_key(self.identity(), noise, train_size, val_size, seed)
-        return cache_file(cache_dir, self.kind, noise, train_size, val_size, seed, key)
+    def cache_file(self, noise, sizes, seed, cache_dir) -> Path:
+        key = cache_key(self.identity(), noise, sizes, seed)
+        return cache_file(cache_dir, self.kind, noise, sizes, seed, key)
 
-    def load(self, noise, train_size, val_size, seed, cache_dir, progress) -> Pairs:
-        key = cache_key(self.identity(), noise, train_size, val_size, seed)
-        path = cache_file(cache_dir, self.kind, noise, train_size, val_size, seed, key)
-        description = f"{self.spec}, noise {noise}, {train_size} train + {val_size} val, seed {seed}"
+    def load(self, noise, sizes, seed, cache_dir, progress) -> Pairs:
+        key = cache_key(self.identity(), noise, sizes, seed)
+        path = cache_file(cache_dir, self.kind, noise, sizes, seed, key)
+        description = f"{self.spec}, noise {noise}, {sizes}, seed {seed}"
         for note in self.notes():
             if progress:
                 progress(note)
         if path.is_file():
-            obj = read_cache(path, key, train_size, val_size)
+            obj = read_cache(path, key, sizes)
             if obj is not None:
                 if progress:
                     progress(f"loaded {description} from cache {path}")
-                return Pairs(*(obj[k] for k in KEYS), description)
+                return Pairs(*(obj[k] for k in SPLIT_KEYS), description)
             if progress:
                 progress(f"cache file {path} is unreadable or stale; regenerating")
         if progress:
             progress(f"generating {description}")
         t0 = time.monotonic()
-        arrays = self.generate(noise, train_size, val_size, seed, progress)
-        tensors = {k: torch.from_numpy(np.ascontiguousarray(arrays[k])) for k in KEYS}
+        arrays = self.generate(noise, sizes, seed, progress)
+        tensors = {k: torch.from_numpy(np.ascontiguousarray(arrays[k])) for k in SPLIT_KEYS}
         if progress:
             progress(f"generated in {time.monotonic() - t0:.1f} s")
         # blame a failed write on whoever called load_pairs: load <- load_pairs <- caller
         write_cache(path, key, tensors, description, progress, stacklevel=3)
-        return Pairs(*(tensors[k] for k in KEYS), description)
+        return Pairs(*(tensors[k] for k in SPLIT_KEYS), description)
 
-    def generate(self, noise: NoiseSpec, train_size: int, val_size: int, seed: int,
+    def generate(self, noise: NoiseSpec, sizes: Sizes, seed: int,
                  progress: Progress) -> dict[str, np.ndarray]:
-        """The four arrays, NCHW uint8, without the cache."""
+        """The six arrays (SPLIT_KEYS), NCHW uint8, without the cache."""
         # pixelate noise is a point sample of the high-resolution source, so it is made with the
         # crops; every other noise is applied to the clean crops afterwards
         pix = noise.kind == "pixelate"
         split = self.open(progress)
         out = {}
-        for part, n, make_crops in (("train", train_size, split.train), ("val", val_size, split.val)):
+        for part, make_crops in split._asdict().items():
+            n = getattr(sizes, part)
             crop_rng = _rng(seed, self.kind, part, "crops")
             noise_rng = _rng(seed, self.kind, part, "noise", str(noise))
             label = f"{part} {self.kind}/{noise}"
             copies = 2 if part == "train" else 1
-            need_clean = part == "val" or not pix
+            need_clean = part != "train" or not pix
             clean, pts = make_crops(n, crop_rng, noise_rng, copies if pix else 0, need_clean,
                                     progress, label)
             if not pix:
@@ -128,5 +133,5 @@ class GeneratedSource(Source):
             if part == "train":
                 out["train_a"], out["train_b"] = pts
             else:
-                out["val_noisy"], out["val_clean"] = pts[0], clean
+                out[f"{part}_noisy"], out[f"{part}_clean"] = pts[0], clean
         return out

@@ -13,13 +13,11 @@ from pathlib import Path
 import torch
 
 from .crops import IMAGE_FACTORS
-from .specs import SIZE, NoiseSpec, Progress, one_line
+from .specs import SIZE, SPLIT_KEYS, NoiseSpec, Progress, Sizes, one_line
 from .synthetic import SYNTHETIC_FACTORS
 
 #: Bump whenever generated data would change for the same arguments (invalidates caches).
-FORMAT_VERSION = 1
-#: The four tensors of a set, in the order Pairs unpacks them.
-KEYS = ("train_a", "train_b", "val_noisy", "val_clean")
+FORMAT_VERSION = 2
 
 
 def default_cache_dir() -> Path:
@@ -29,25 +27,25 @@ def default_cache_dir() -> Path:
     return root / "n2n-search"
 
 
-def cache_key(ident: dict, noise: NoiseSpec, train_size: int, val_size: int, seed: int) -> str:
+def cache_key(ident: dict, noise: NoiseSpec, sizes: Sizes, seed: int) -> str:
     """Hash of everything the set depends on; ``ident`` is the source's identity (for a folder,
     its file names, sizes and mtimes)."""
     blob = json.dumps({"format": FORMAT_VERSION, "source": ident, "noise": str(noise),
-                       "train_size": train_size, "val_size": val_size, "seed": seed,
+                       "train_size": sizes.train, "val_size": sizes.val, "test_size": sizes.test, "seed": seed,
                        "image_factors": IMAGE_FACTORS, "synthetic_factors": SYNTHETIC_FACTORS},
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def cache_file(cache_dir: str | os.PathLike | None, kind: str, noise: NoiseSpec, train_size: int,
-               val_size: int, seed: int, key: str) -> Path:
+def cache_file(cache_dir: str | os.PathLike | None, kind: str, noise: NoiseSpec, sizes: Sizes,
+               seed: int, key: str) -> Path:
     """The file for ``key`` under ``cache_dir`` (default :func:`default_cache_dir`)."""
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     slug = str(noise).replace(":", "-")
-    return folder / f"{kind}_{slug}_{train_size}+{val_size}_seed{seed}_{key[:16]}.pt"
+    return folder / f"{kind}_{slug}_{sizes.train}+{sizes.val}+{sizes.test}_seed{seed}_{key[:16]}.pt"
 
 
-def read_cache(path: Path, key: str, train_size: int, val_size: int) -> dict | None:
+def read_cache(path: Path, key: str, sizes: Sizes) -> dict | None:
     """The cached tensors, or None when the file is unreadable, stale or of the wrong shape."""
     try:
         with warnings.catch_warnings():
@@ -55,9 +53,9 @@ def read_cache(path: Path, key: str, train_size: int, val_size: int) -> dict | N
             obj = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(obj, dict) or obj.get("key") != key:
             return None
-        for name in KEYS:
+        for name in SPLIT_KEYS:
             t = obj[name]
-            n = train_size if name.startswith("train") else val_size
+            n = sizes.of(name)
             if (not isinstance(t, torch.Tensor) or t.dtype != torch.uint8
                     or tuple(t.shape) != (n, 3, SIZE, SIZE) or not t.is_contiguous()):
                 return None

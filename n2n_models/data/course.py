@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from .base import Source
-from .specs import SIZE, DataError, Pairs, Progress, one_line
+from .specs import SIZE, DataError, Pairs, Progress, Sizes, one_line
 
 
 def _unpickling_reason(e: BaseException) -> str:
@@ -63,26 +63,34 @@ def _take(t: torch.Tensor, n: int) -> torch.Tensor:
 
 class CourseFiles(Source):
     """``epfl:DIR``: ``DIR/train_data.pkl`` = ``(noisy_a, noisy_b)`` and ``DIR/val_data.pkl`` =
-    ``(noisy, clean)``; the first ``train_size`` / ``val_size`` images are used. The noise is in
-    the files, so the ``noise`` argument is validated but otherwise ignored, and nothing is
+    ``(noisy, clean)``. The training file holds noisy pairs only, so the validation file is cut in
+    two halves of distinct images: validation comes from the first half, test from the second;
+    the first ``sizes.train`` / ``sizes.val`` / ``sizes.test`` images of each are used. The noise
+    is in the files, so the ``noise`` argument is validated but otherwise ignored, and nothing is
     generated, so nothing is cached."""
 
     kind = "epfl"
+    split_text = ("the course's validation file is cut in two halves: the first validates, the second "
+                  "tests (its training file holds noisy pairs only)")
 
-    def cache_file(self, noise, train_size, val_size, seed, cache_dir) -> None:
+    def cache_file(self, noise, sizes, seed, cache_dir) -> None:
         return None
 
-    def load(self, noise, train_size, val_size, seed, cache_dir, progress: Progress) -> Pairs:
+    def load(self, noise, sizes: Sizes, seed, cache_dir, progress: Progress) -> Pairs:
         root = self.spec.path
         if progress:
             progress(f"loading course data from {root}")
         a, b = _load_epfl_file(root / "train_data.pkl", "noisy_a, noisy_b")
         vn, vc = _load_epfl_file(root / "val_data.pkl", "noisy, clean")
-        if train_size > a.shape[0]:
-            raise DataError(f"train_size {train_size} is larger than the {a.shape[0]} pairs in "
+        if sizes.train > a.shape[0]:
+            raise DataError(f"train_size {sizes.train} is larger than the {a.shape[0]} pairs in "
                             f"{root / 'train_data.pkl'}; ask for at most {a.shape[0]}")
-        if val_size > vn.shape[0]:
-            raise DataError(f"val_size {val_size} is larger than the {vn.shape[0]} images in "
-                            f"{root / 'val_data.pkl'}; ask for at most {vn.shape[0]}")
-        return Pairs(_take(a, train_size), _take(b, train_size), _take(vn, val_size),
-                     _take(vc, val_size), f"epfl:{root} (noise from the files)")
+        half = vn.shape[0] // 2
+        for name, n in (("val_size", sizes.val), ("test_size", sizes.test)):
+            if n > half:
+                raise DataError(f"{name} {n} is larger than half of the {vn.shape[0]} images in "
+                                f"{root / 'val_data.pkl'} (one half validates, the other tests); "
+                                f"ask for at most {half}")
+        return Pairs(_take(a, sizes.train), _take(b, sizes.train), _take(vn, sizes.val),
+                     _take(vc, sizes.val), _take(vn[half:], sizes.test), _take(vc[half:], sizes.test),
+                     f"epfl:{root} (noise from the files)")

@@ -7,7 +7,7 @@ import os
 import warnings
 from functools import partial
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -33,33 +33,48 @@ SKIMAGE_PHOTOS = (
 )
 #: From matplotlib's ``sample_data``.
 MATPLOTLIB_PHOTOS = ("grace_hopper.jpg",)
-#: Held out of training: validation crops come only from these. The two motorcycle photos are a
-#: stereo pair of one scene, so they are held out together (noise levels this split gives:
-#: docs/benchmarks.md, "Data: noise levels of the built-in sets").
-VAL_PHOTOS = ("chelsea.png", "motorcycle_left.png", "motorcycle_right.png")
+#: Each photo is halved across its long side: the first half (left, or top for a portrait) gives
+#: training crops; the second is held out and halved again, across its own long side, into a
+#: validation and a test quarter. So validation and test each span every scene, and share no pixel
+#: with training or with each other (the split's noise levels: docs/search-quality.md).
 #: Image file suffixes read by ``folder:`` (case-insensitive).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
 
-def _image_crops(train: list[np.ndarray], val: list[np.ndarray]) -> Split:
-    return Split(partial(crops_from_images, train), partial(crops_from_images, val))
+def _image_crops(train: list[np.ndarray], val: list[np.ndarray], test: list[np.ndarray]) -> Split:
+    return Split(partial(crops_from_images, train), partial(crops_from_images, val),
+                 partial(crops_from_images, test))
 
 
-class PhotoSplit(NamedTuple):
-    train: tuple[Path, ...]
-    val: tuple[Path, ...]
+def _halves(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    h, w = img.shape[:2]
+    return (img[:, : w // 2], img[:, w // 2:]) if w >= h else (img[: h // 2], img[h // 2:])
+
+
+def photo_regions(img: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(training half, validation quarter, test quarter) of one photo, each upscaled to the
+    smallest crop if it falls short of it."""
+    train, held_out = _halves(img)
+    return tuple(ensure_min_size(np.ascontiguousarray(r), MIN_SIDE) for r in (train, *_halves(held_out)))
 
 
 class Photos(GeneratedSource):
     """``photos`` (default): the colour photographs shipped on disk by scikit-image (its ``data``
-    folder) and matplotlib (``sample_data/grace_hopper.jpg``), read with PIL. Validation crops
-    come only from ``VAL_PHOTOS``, training crops only from the others."""
+    folder) and matplotlib (``sample_data/grace_hopper.jpg``), read with PIL. Every photo gives
+    training crops from one half, validation and test crops from a quarter each
+    (:func:`photo_regions`)."""
 
     kind = "photos"
+    split_text = ("every photo gives training crops from one half (left, or top), validation crops from "
+                  "one quarter and test crops from the other quarter of the second half")
 
     def __init__(self, spec: DataSpec) -> None:
         super().__init__(spec)
-        self.files = self.split(self.list_files())
+        self.files = self.list_files()
+        if not self.files:
+            raise DataError("the photos source needs the sample photos of scikit-image and matplotlib "
+                            f"(missing: {', '.join(SKIMAGE_PHOTOS + MATPLOTLIB_PHOTOS)}); reinstall them "
+                            "or use --data synthetic")
 
     @staticmethod
     def list_files() -> list[Path]:
@@ -83,16 +98,6 @@ class Photos(GeneratedSource):
         return sorted((p for p in candidates if p.is_file()), key=lambda p: p.name)
 
     @staticmethod
-    def split(present: list[Path]) -> PhotoSplit:
-        train = tuple(p for p in present if p.name not in VAL_PHOTOS)
-        val = tuple(p for p in present if p.name in VAL_PHOTOS)
-        if not train or not val:
-            missing = sorted(set(SKIMAGE_PHOTOS + MATPLOTLIB_PHOTOS) - {p.name for p in present})
-            raise DataError("the photos source needs the sample photos of scikit-image and matplotlib "
-                            f"(missing: {', '.join(missing)}); reinstall them or use --data synthetic")
-        return PhotoSplit(train, val)
-
-    @staticmethod
     def read(path: Path) -> np.ndarray:
         try:
             return ensure_min_size(read_image(path), MIN_SIDE)
@@ -101,24 +106,25 @@ class Photos(GeneratedSource):
                             "scikit-image/matplotlib or use --data synthetic") from None
 
     def identity(self) -> dict:
-        return {"kind": "photos",
-                "train": [[p.name, p.stat().st_size] for p in self.files.train],
-                "val": [[p.name, p.stat().st_size] for p in self.files.val]}
+        return {"kind": "photos", "split": "train half, val quarter, test quarter",
+                "files": [[p.name, p.stat().st_size] for p in self.files]}
 
     def open(self, progress: Progress) -> Split:
-        train = [self.read(p) for p in self.files.train]
-        return _image_crops(train, [self.read(p) for p in self.files.val])
+        regions = [photo_regions(self.read(p)) for p in self.files]
+        return _image_crops(*(list(split) for split in zip(*regions)))
 
 
-def photo_files() -> PhotoSplit:
-    """The ``photos`` source's files: (train, val), disjoint, each sorted by name."""
-    return Photos.split(Photos.list_files())
+def photo_files() -> list[Path]:
+    """The ``photos`` source's files, sorted by name."""
+    return Photos.list_files()
 
 
-def folder_split(files: Sequence) -> tuple[list, list]:
-    """Split a sorted list into (train, val): every 10th item (index 0, 10, ...) is validation."""
+def folder_split(files: Sequence) -> tuple[list, list, list]:
+    """Split a sorted list into (train, val, test) by item: of every ten, the first (index 0, 10,
+    ...) is validation, the sixth (index 5, 15, ...) test, the other eight training."""
     files = list(files)
-    return [f for i, f in enumerate(files) if i % 10], [f for i, f in enumerate(files) if i % 10 == 0]
+    return ([f for i, f in enumerate(files) if i % 10 not in (0, 5)],
+            [f for i, f in enumerate(files) if i % 10 == 0], [f for i, f in enumerate(files) if i % 10 == 5])
 
 
 class Folder(GeneratedSource):
@@ -130,6 +136,8 @@ class Folder(GeneratedSource):
     All readable images are decoded into memory while a set is generated."""
 
     kind = "folder"
+    split_text = ("by file: of every ten images (sorted by path) the first validates, the sixth tests "
+                  "and the other eight train")
 
     def __init__(self, spec: DataSpec) -> None:
         super().__init__(spec)
@@ -202,27 +210,35 @@ class Folder(GeneratedSource):
             warnings.warn(msg, stacklevel=5)
             if progress:
                 progress(msg)
-        if len(good) < 2:
+        if len(good) < 6:
             raise DataError(f"folder {str(self.root)!r} has {len(good)} readable image(s); at least "
-                            "2 are needed (every 10th is held out for validation)")
+                            "6 are needed (of every ten, one validates, one tests, the others train)")
         return _image_crops(*self.split(good))
 
 
 class Synthetic(GeneratedSource):
-    """``synthetic``: procedural dead-leaves scenes, no files; validation scenes come from a
-    separate seed stream, not from separate files."""
+    """``synthetic``: procedural dead-leaves scenes, no files; validation and test scenes come
+    from seed streams of their own, not from separate files."""
 
     kind = "synthetic"
+    split_text = "training, validation and test scenes come from three separate random streams"
 
     def identity(self) -> dict:
         return {"kind": "synthetic", "leaves": LEAVES, "radii": list(RADII)}
 
     def open(self, progress: Progress) -> Split:
-        return Split(crops_from_synthetic, crops_from_synthetic)
+        return Split(crops_from_synthetic, crops_from_synthetic, crops_from_synthetic)
 
 
 SOURCES: dict[str, type[Source]] = {
     "photos": Photos, "synthetic": Synthetic, "folder": Folder, "epfl": CourseFiles}
+
+
+def split_text(data: str | DataSpec) -> str:
+    """How the ``--data`` source splits training, validation and test (one sentence part)."""
+    from .specs import parse_data_spec
+
+    return SOURCES[parse_data_spec(data).kind].split_text
 
 
 def source_for(spec: DataSpec) -> Source:

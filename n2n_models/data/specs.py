@@ -7,7 +7,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
 import torch
@@ -30,19 +30,47 @@ def one_line(exc: BaseException | str, limit: int = 200) -> str:
 
 @dataclass(frozen=True, eq=False)
 class Pairs:
-    """Noise2Noise data; unpacks as ``train_a, train_b, val_noisy, val_clean``."""
+    """Noise2Noise data in three splits: training pairs, a validation set (what every decision of
+    a search reads) and a test set (reported only, never read by a decision); unpacks as
+    ``train_a, train_b, val_noisy, val_clean, test_noisy, test_clean`` (``SPLIT_KEYS``)."""
 
     train_a: torch.Tensor
     train_b: torch.Tensor
     val_noisy: torch.Tensor
     val_clean: torch.Tensor
+    test_noisy: torch.Tensor
+    test_clean: torch.Tensor
     description: str = ""
 
     def __iter__(self) -> Iterator[torch.Tensor]:
-        return iter((self.train_a, self.train_b, self.val_noisy, self.val_clean))
+        return iter(self.arrays().values())
 
     def __len__(self) -> int:
-        return 4
+        return len(SPLIT_KEYS)
+
+    def arrays(self) -> dict[str, torch.Tensor]:
+        """The six tensors by name, in ``SPLIT_KEYS`` order."""
+        return {k: getattr(self, k) for k in SPLIT_KEYS}
+
+
+class Sizes(NamedTuple):
+    """How many images each split holds: training pairs, validation and test images."""
+
+    train: int
+    val: int
+    test: int
+
+    def of(self, key: str) -> int:
+        """The size of the split that the tensor named ``key`` (one of SPLIT_KEYS) belongs to."""
+        return getattr(self, key.split("_")[0])
+
+    def __str__(self) -> str:
+        return f"{self.train} train + {self.val} val + {self.test} test"
+
+
+#: The tensors of a data set, in the order Pairs unpacks them: two noisy copies of each training
+#: image, and a noisy copy with its clean reference for each validation and each test image.
+SPLIT_KEYS = ("train_a", "train_b", "val_noisy", "val_clean", "test_noisy", "test_clean")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,92 @@
+"""What a search decides on and what it reports: validation PSNR makes every choice and the test
+split none (replacing the test photos changes nothing the search does), the summary and the report
+show test PSNR beside the noisy and classical yardsticks on the same test images, and the refit
+trains the best configuration again with fresh seeds, from which the report exports the model."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+pytestmark = pytest.mark.slow  # end-to-end searches: python -m pytest -m "not slow" leaves them out
+
+SMALL = ["--budget", "smoke", "--train-size", "128", "--val-size", "32", "--epochs", "2", "--seeds", "1",
+         "--num-samples", "4", "--max-concurrent", "1", "--noise", "gaussian:25"]
+
+
+def _photo(rng: np.random.Generator, size: int = 180) -> Image.Image:
+    """A smooth random colour image (coarse noise upscaled), so that denoising it can be learnt."""
+    coarse = rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)
+    return Image.fromarray(coarse).resize((size, size), Image.Resampling.BICUBIC)
+
+
+def _folder(root, rng, test_rng=None):
+    """20 images; with test_rng, the test files (the 6th of every ten) are other images."""
+    root.mkdir()
+    for i in range(20):
+        source = test_rng if (test_rng is not None and i % 10 == 5) else rng
+        _photo(source).save(root / f"img{i:02d}.png")
+        if test_rng is not None and i % 10 == 5:
+            _photo(rng)  # keep the other files identical to the first folder's
+    return root
+
+
+def _trials(experiment) -> pd.DataFrame:
+    rows = []
+    for d in sorted(experiment.glob("trial_*")):
+        params = json.loads((d / "params.json").read_text())
+        progress = pd.read_csv(d / "progress.csv")
+        rows.append({"lr": params["lr"], "width": params["width"], "loss": params["loss"],
+                     "epochs": len(progress), "val": tuple(progress["val_psnr"].round(6)),
+                     "test": tuple(progress["test_psnr"].round(6))})
+    return pd.DataFrame(rows).sort_values(["lr", "width"]).reset_index(drop=True)
+
+
+def test_no_choice_reads_the_test_split_and_the_refit_gives_the_exported_model(local_ray, tmp_path, capsys):
+    from analysis.report import main as report_main
+    from search.cli import main
+
+    first = _folder(tmp_path / "photos", np.random.default_rng(0))
+    other = _folder(tmp_path / "other-test", np.random.default_rng(0), test_rng=np.random.default_rng(99))
+    assert main(["--data", f"folder:{first}", *SMALL, "--refit-seeds", "2",
+                 "--storage", str(tmp_path / "runs"), "--name", "a"]) == 0
+    out_a = capsys.readouterr().out
+    assert main(["--data", f"folder:{other}", *SMALL, "--no-refit",
+                 "--storage", str(tmp_path / "runs"), "--name", "b"]) == 0
+    out_b = capsys.readouterr().out
+
+    a, b = _trials(tmp_path / "runs" / "a"), _trials(tmp_path / "runs" / "b")
+    assert len(a) == 4
+    # the same configurations, trained to the same epochs, with the same validation PSNR every epoch
+    pd.testing.assert_frame_equal(a.drop(columns="test"), b.drop(columns="test"))
+    assert (a["test"] != b["test"]).all(), "the test images did change"
+    assert out_a.split("Best:")[1].split("validation")[0] == out_b.split("Best:")[1].split("validation")[0]
+
+    # the summary: validation and test PSNR, and the yardsticks on the same test images
+    assert "test PSNR" in out_a and "Test images: noisy input" in out_a
+    yardsticks = json.loads((tmp_path / "runs" / "a" / "yardsticks.json").read_text())
+    assert f"noisy input {yardsticks['noisy_test_psnr']:.2f} dB" in out_a
+    best_classical = yardsticks["methods"][yardsticks["best"]]["test_psnr"]
+    assert best_classical > yardsticks["noisy_test_psnr"]  # gaussian:25 on smooth images
+
+    # the refit: the best configuration again, with fresh seeds, for the search's full epochs
+    refit = tmp_path / "runs" / "a" / "refit"
+    replicas = sorted(refit.glob("trial_*"))
+    assert len(replicas) == 2
+    best_row = a.loc[a["val"].map(max).idxmax()]
+    for d in replicas:
+        params = json.loads((d / "params.json").read_text())
+        assert (params["lr"], params["width"], params["loss"]) == (best_row["lr"], best_row["width"], best_row["loss"])
+        assert params["seeds"] == 1 and len(pd.read_csv(d / "progress.csv")) == 2
+    assert sorted(json.loads((d / "params.json").read_text())["seed"] for d in replicas) == [1, 2]
+    assert "Refit done" in out_a and "the refit" in out_a.split("Refit done")[1]
+
+    # the report exports the refit's best replica, with its test PSNR, and says how the data was split
+    assert report_main([str(tmp_path / "runs" / "a"), "--samples", "2"]) == 0
+    report = (tmp_path / "runs" / "a" / "report" / "report.md").read_text()
+    assert "Splits: by file" in report and "Test images: noisy input" in report and "the refit" in report
+    model = torch.load(tmp_path / "runs" / "a" / "report" / "best_model.pt", weights_only=True)
+    assert model["seed"] in (1, 2) and model["checkpoint"].startswith("trial_")
+    assert model["test_psnr"] == model["test_psnr"]  # recorded, not NaN
