@@ -118,8 +118,8 @@ def parse(argv: list[str] | None = None) -> tuple[Experiment, argparse.Namespace
     if searcher == "grid" and not space.is_grid:
         raise UsageError(f"--searcher grid needs a discrete space, but {space.name!r} has continuous "
                          f"parameters ({', '.join(space.continuous_keys())}); use optuna or random")
-    if space.is_grid and (args.refit_seeds or args.no_refit):
-        raise UsageError("--refit-seeds and --no-refit apply to searches; grids and --configs have no refit")
+    if space.is_grid and args.refit_seeds:
+        raise UsageError("--refit-seeds applies to searches; grids and --configs have no refit")
     refit_seeds = 0 if space.is_grid or args.no_refit else (args.refit_seeds or budget.refit_seeds)
     gpus = args.gpus_per_trial
     if gpus is not None and gpus > 1 and gpus != int(gpus):

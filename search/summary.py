@@ -81,7 +81,10 @@ def print_summary(experiment, results, seconds: float, top: int = 10, interrupte
               f"test PSNR is reported only, never used to choose):", file=out)
     print(table.to_string(index=False), file=out)
     best = ok.iloc[0]["_result"]
-    checkpoint = best.get_best_checkpoint("val_psnr", "max")
+    try:
+        checkpoint = best.get_best_checkpoint("val_psnr", "max")
+    except RuntimeError:  # Ray's "No checkpoint exists": interrupted before the trial's first was saved
+        checkpoint = None
     print(f"\nBest: {ok.iloc[0]['val_psnr']:.2f} dB validation, {ok.iloc[0]['test_psnr']:.2f} dB test; "
           f"checkpoint: {checkpoint.path if checkpoint else '(none)'}", file=out)
     line = yardstick_line(yardsticks, ok.iloc[0]["test_psnr"], "this search's best")
