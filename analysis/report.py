@@ -19,7 +19,7 @@ if __package__ in (None, ""):  # run as a script: make the project importable wi
 from analysis.experiment_file import EXPERIMENT_FILE, REFIT_FOLDER, YARDSTICKS_FILE  # noqa: E402
 from analysis.load import STATUSES, ExperimentData, ExperimentError, load_experiment  # noqa: E402
 from analysis.provenance import provenance_md, provenance_notes  # noqa: E402
-from analysis.tables import Table, fmt_hparam, importance_table, main_tables  # noqa: E402
+from analysis.tables import PSNR_DECIMALS, Table, fmt_hparam, importance_table, main_tables, mean_pm_std  # noqa: E402
 from n2n_models.classical import read_yardsticks, yardstick_line  # noqa: E402
 from n2n_models.config import shown_knobs  # noqa: E402
 
@@ -131,7 +131,7 @@ def _refit_md(refit: ExperimentData) -> list[str]:
     val, test = done["best_psnr_mean"], done["best_test_mean"]
 
     def pm(x):
-        return f"{x.mean():.2f} ± {x.std():.2f}" if len(x) > 1 else f"{x.mean():.2f}"
+        return mean_pm_std(x.mean(), x.std(), PSNR_DECIMALS)
 
     return [f"The search's best configuration was trained again (the refit, in `{REFIT_FOLDER}/`) with "
             f"{len(done)} fresh seed{'s' if len(done) != 1 else ''}, {int(refit.spec.get('epochs', 0))} epochs: "

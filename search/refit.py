@@ -6,21 +6,21 @@ from __future__ import annotations
 
 import dataclasses
 import time
-import warnings
 
 import pandas as pd
 from ray import tune
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from analysis.experiment_file import REFIT_FOLDER
+from analysis.tables import mean_pm_std
 from n2n_models.classical import yardstick_line
 from n2n_models.config import HPARAM_KEYS, check_config
 
 from .experiment import Experiment
-from .experiment_folder import drop_superseded_results, experiment_exists
-from .progress import ProgressLog, log
-from .summary import print_next_steps
-from .tune_internals import InterruptWatch
+from .experiment_folder import experiment_exists
+from .fitting import fit, run_config, trial_name
+from .progress import log
+from .summary import print_next_steps, trial_rows
 
 
 def refit_experiment(experiment: Experiment, config: dict) -> Experiment:
@@ -57,55 +57,24 @@ def run_refit(experiment: Experiment, config: dict, trainable, slots: int, yards
             trainable, param_space=space,
             tune_config=tune.TuneConfig(
                 search_alg=BasicVariantGenerator(max_concurrent=slots), num_samples=1, reuse_actors=True,
-                trial_name_creator=_name, trial_dirname_creator=_name, time_budget_s=seconds),
-            run_config=tune.RunConfig(
-                name=REFIT_FOLDER, storage_path=experiment.path,
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="val_psnr",
-                                                        checkpoint_score_order="max"),
-                failure_config=tune.FailureConfig(max_failures=2),
-                callbacks=[ProgressLog(len(seeds), log)], verbose=0))
+                trial_name_creator=trial_name, trial_dirname_creator=trial_name, time_budget_s=seconds),
+            run_config=run_config(REFIT_FOLDER, experiment.path, len(seeds)))
     start = time.time()
-    interrupted = InterruptWatch()
-    with interrupted, warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*is already reported")
-        results = tuner.fit()
-    for result in results:
-        drop_superseded_results(result.path)
-    replicas = replica_rows(results)
-    print_refit(replicas, time.time() - start, yardsticks)
+    results, interrupted = fit(tuner)
+    replicas = trial_rows(refit, results)
+    print_refit(replicas[replicas["status"] != "errored"].dropna(subset=["val_psnr"]), time.time() - start, yardsticks)
     print_next_steps(experiment)
-    return 130 if interrupted.seen else 0
-
-
-def _name(trial) -> str:
-    return f"trial_{trial.trial_id}"
-
-
-def replica_rows(results) -> pd.DataFrame:
-    """One row per refit replica: its seed, best validation epoch, and validation and test PSNR
-    there (the epoch chosen by validation only)."""
-    rows = []
-    for result in results:
-        history = result.metrics_dataframe
-        if result.error is not None or history is None or history.empty or "val_psnr" not in history:
-            continue
-        best = history.loc[history["val_psnr"].fillna(-1e9).idxmax()]
-        rows.append({"seed": (result.config or {}).get("seed"), "epoch": int(best["training_iteration"]),
-                     "val_psnr": float(best["val_psnr"]), "test_psnr": float(best.get("test_psnr", float("nan")))})
-    return pd.DataFrame(rows, columns=["seed", "epoch", "val_psnr", "test_psnr"])
-
-
-def mean_std(values: pd.Series) -> str:
-    return f"{values.mean():.2f} ± {values.std():.2f}" if len(values) > 1 else f"{values.mean():.2f}"
+    return 130 if interrupted else 0
 
 
 def print_refit(replicas: pd.DataFrame, seconds: float, yardsticks: dict | None = None) -> None:
     if replicas.empty:
         print("\nRefit: no replica produced a result; the report exports the search's best trial instead.")
         return
+    val, test = replicas["val_psnr"], replicas["test_psnr"]
     print(f"\nRefit done in {seconds / 60:.1f} min: {len(replicas)} replica{'s' if len(replicas) > 1 else ''} of the "
-          f"best configuration, each at its best validation epoch: validation {mean_std(replicas['val_psnr'])} dB, "
-          f"test {mean_std(replicas['test_psnr'])} dB (mean ± std over replicas)")
+          f"best configuration, each at its best validation epoch: validation {mean_pm_std(val.mean(), val.std(), 2)} "
+          f"dB, test {mean_pm_std(test.mean(), test.std(), 2)} dB (mean ± std over replicas)")
     line = yardstick_line(yardsticks, replicas["test_psnr"].mean(), "the refit")
     if line:
         print(line)

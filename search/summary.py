@@ -38,18 +38,10 @@ def trial_rows(experiment, results) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def best_config(experiment, results) -> dict | None:
-    """The configuration of the best trial by validation PSNR at its best epoch (the summary's
-    first row; errored and diverged trials never count), or None."""
-    df = trial_rows(experiment, results)
-    ok = df[~df["status"].isin(["errored", "diverged"])].dropna(subset=["val_psnr"]) if not df.empty else df
-    if ok.empty:
-        return None
-    return dict(ok.sort_values("val_psnr", ascending=False).iloc[0]["_result"].config)
-
-
 def print_summary(experiment, results, seconds: float, top: int = 10, interrupted: bool = False,
-                  yardsticks: dict | None = None) -> None:
+                  yardsticks: dict | None = None) -> dict | None:
+    """Print the summary; returns the configuration of the best trial by validation PSNR at its best
+    epoch (errored and diverged trials never count), or None when no trial has a result."""
     df = trial_rows(experiment, results)
     out = sys.stdout
     counts = df["status"].value_counts().to_dict() if not df.empty else {}
@@ -67,7 +59,7 @@ def print_summary(experiment, results, seconds: float, top: int = 10, interrupte
             print(f"{len(names)} trial(s) {status}: {', '.join(names)}", file=out)
     if ok.empty:
         print("No trial produced a result.", file=out)
-        return
+        return None
     ok = ok.sort_values("val_psnr", ascending=False)
     noisy = results[0].metrics.get("noisy_psnr") if results[0].metrics else None
     table = ok.drop(columns=["_result"]).head(top).copy()
@@ -92,6 +84,7 @@ def print_summary(experiment, results, seconds: float, top: int = 10, interrupte
         print(line, file=out)
     if not experiment.refit_seeds or interrupted:
         print_next_steps(experiment)
+    return dict(best.config)
 
 
 def print_next_steps(experiment) -> None:

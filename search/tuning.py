@@ -3,7 +3,6 @@ and print the summary."""
 from __future__ import annotations
 
 import time
-import warnings
 
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -15,14 +14,15 @@ from trainables import make_trainable
 
 from .errors import SearchInterrupted, UsageError
 from .experiment import Experiment
-from .experiment_folder import drop_superseded_results, experiment_exists, interrupted_hint, resolve_resume
-from .progress import ProgressLog, log
+from .experiment_folder import experiment_exists, interrupted_hint, resolve_resume
+from .fitting import fit, run_config, trial_name
+from .progress import log
 from .ray_session import check_reachable, connect, trial_resources
 from .searchers import make_searcher
 from .spaces import space_of
 from .refit import refit_experiment, run_refit
-from .summary import best_config, print_summary
-from .tune_internals import InterruptWatch, quiet_trials_without_results
+from .summary import print_summary
+from .tune_internals import quiet_trials_without_results
 
 METRIC, MODE = "best_val_psnr", "max"
 
@@ -31,10 +31,6 @@ def param_space(experiment: Experiment) -> dict:
     space = space_of(experiment)
     constants = {"epochs": experiment.epochs, "seeds": experiment.seeds, "fused": experiment.fused}
     return {**space.params, **constants}
-
-
-def trial_name(trial) -> str:
-    return f"trial_{trial.trial_id}"
 
 
 def make_scheduler(experiment: Experiment):
@@ -132,27 +128,13 @@ def _run(experiment: Experiment, resume: bool, address: str | None) -> int:
                 trial_name_creator=trial_name, trial_dirname_creator=trial_name,
                 time_budget_s=search_seconds(experiment),
             ),
-            run_config=tune.RunConfig(
-                name=experiment.name, storage_path=experiment.storage,
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="val_psnr",
-                                                        checkpoint_score_order=MODE),
-                failure_config=tune.FailureConfig(max_failures=2),
-                sync_config=tune.SyncConfig(sync_artifacts=True),
-                callbacks=[ProgressLog(experiment.num_samples, log)],
-                verbose=0,
-            ),
+            run_config=run_config(experiment.name, experiment.storage, experiment.num_samples),
         )
     start = time.time()
-    interrupted = InterruptWatch()
-    with interrupted, warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*is already reported")  # Optuna, on redone epochs
-        results = tuner.fit()
-    for result in results:
-        drop_superseded_results(result.path)
-    print_summary(experiment, results, time.time() - start, interrupted=interrupted.seen, yardsticks=yardsticks)
-    status = 130 if interrupted.seen else 0
-    config = best_config(experiment, results)
-    if not interrupted.seen and experiment.refit_seeds and config is not None:
+    results, interrupted = fit(tuner)
+    config = print_summary(experiment, results, time.time() - start, interrupted=interrupted, yardsticks=yardsticks)
+    status = 130 if interrupted else 0
+    if not interrupted and experiment.refit_seeds and config is not None:
         left = None if experiment.time_budget_min is None else experiment.time_budget_min * 60 - (time.time() - began)
         if left is not None and left < MIN_REFIT_SECONDS:
             log(f"no refit: {max(left, 0):.0f} s of --time-budget left; the report exports the search's best trial")

@@ -1,0 +1,40 @@
+"""What every Tuner of search/ shares: trial names, the run configuration (checkpoints kept by
+validation PSNR, retries, artifacts synced, progress lines) and the fit itself (Ctrl-C noticed,
+Tune's result files kept to one row per epoch). The search and its refit both use them."""
+from __future__ import annotations
+
+import warnings
+
+from ray import tune
+
+from .experiment_folder import drop_superseded_results
+from .progress import ProgressLog, log
+from .tune_internals import InterruptWatch
+
+
+def trial_name(trial) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+def run_config(name: str, storage_path: str, trials: int) -> tune.RunConfig:
+    """Where a Tuner writes, and how it keeps checkpoints, retries trials and reports progress."""
+    return tune.RunConfig(
+        name=name, storage_path=storage_path,
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="val_psnr",
+                                                checkpoint_score_order="max"),
+        failure_config=tune.FailureConfig(max_failures=2),
+        sync_config=tune.SyncConfig(sync_artifacts=True),
+        callbacks=[ProgressLog(trials, log)],
+        verbose=0,
+    )
+
+
+def fit(tuner: tune.Tuner):
+    """Run the Tuner; returns (its results, whether Ctrl-C cut it short)."""
+    interrupted = InterruptWatch()
+    with interrupted, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is already reported")  # Optuna, on redone epochs
+        results = tuner.fit()
+    for result in results:
+        drop_superseded_results(result.path)
+    return results, interrupted.seen
