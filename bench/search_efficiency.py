@@ -67,9 +67,9 @@ def asha(first_rung_divisor: int, reduction_factor: int):
     """A make_scheduler for search.tuning: ASHA with its first rung at epochs / first_rung_divisor."""
     from ray.tune.schedulers import ASHAScheduler
 
-    def make_scheduler(experiment):
-        return ASHAScheduler(time_attr="training_iteration", max_t=experiment.epochs,
-                             grace_period=max(1, experiment.epochs // first_rung_divisor),
+    def make_scheduler(kind, epochs):
+        return ASHAScheduler(time_attr="training_iteration", max_t=epochs,
+                             grace_period=max(1, epochs // first_rung_divisor),
                              reduction_factor=reduction_factor)
     return make_scheduler
 

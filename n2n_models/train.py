@@ -257,12 +257,17 @@ class ReplicaTrainer:
     def state_dict(self) -> dict:
         """A snapshot, the same whether the replicas train fused or not: "epoch", "replicas" (each
         replica's `replica_state_dicts()`) and "optimizers" (each replica's Adam state, keyed by
-        parameter name: `{"state": {name: {...}}, "param_groups": [...]}`). Copies, which later
-        training leaves as they are (an optimiser's own state_dict holds its live tensors)."""
+        parameter name: `{"state": {name: {...}}, "param_groups": [...]}`) and "rng" (the random
+        generator states dropout draws from: the CPU's, and the GPU's when training there), so that
+        training resumed from it draws the dropout masks the uninterrupted run would have. Copies,
+        which later training leaves as they are (an optimiser's own state_dict holds its live tensors)."""
         optimizers = []
         for net, opt, _, k in self._networks():
             optimizers += _split_optimizer_state(net, opt, k, stacked=self.fused)
-        return {"epoch": self.epoch, "replicas": self.replica_state_dicts(), "optimizers": optimizers}
+        rng = {"cpu": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {"epoch": self.epoch, "replicas": self.replica_state_dicts(), "optimizers": optimizers, "rng": rng}
 
     def load_state_dict(self, state: dict):
         """Restore a `state_dict()`, written fused or not."""
@@ -284,6 +289,11 @@ class ReplicaTrainer:
             # a checkpoint from another device brings its own `capturable`: this trainer keeps its own
             _join_optimizer_state(net, opt, state["optimizers"][replicas], stacked=self.fused,
                                   capturable=self.cuda_graphs)
+        rng = state.get("rng", {})  # absent from checkpoints written before it was kept
+        if "cpu" in rng:
+            torch.set_rng_state(rng["cpu"].cpu())
+        if "cuda" in rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"].cpu(), self.device)
         self._graphed.forget()  # the optimiser's state tensors are new: capture the step again
         self.epoch = int(state["epoch"])
 

@@ -16,15 +16,16 @@ def trial_name(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def run_config(name: str, storage_path: str, trials: int) -> tune.RunConfig:
-    """Where a Tuner writes, and how it keeps checkpoints, retries trials and reports progress."""
+def run_config(name: str, storage_path: str, trials: int, callbacks: list = ()) -> tune.RunConfig:
+    """Where a Tuner writes, and how it keeps checkpoints, retries trials and reports progress;
+    `callbacks` are added to the progress lines."""
     return tune.RunConfig(
         name=name, storage_path=storage_path,
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="val_psnr",
                                                 checkpoint_score_order="max"),
         failure_config=tune.FailureConfig(max_failures=2),
         sync_config=tune.SyncConfig(sync_artifacts=True),
-        callbacks=[ProgressLog(trials, log)],
+        callbacks=[ProgressLog(trials, log), *callbacks],
         verbose=0,
     )
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from analysis.experiment_file import YARDSTICKS_FILE
 from n2n_models.classical import write_yardsticks
@@ -21,6 +20,7 @@ from .ray_session import check_reachable, connect, trial_resources
 from .searchers import make_searcher
 from .spaces import space_of
 from .refit import refit_experiment, run_refit
+from .schedulers import make_scheduler, scheduler_callbacks
 from .summary import print_summary
 from .tune_internals import quiet_trials_without_results
 
@@ -31,15 +31,6 @@ def param_space(experiment: Experiment) -> dict:
     space = space_of(experiment)
     constants = {"epochs": experiment.epochs, "seeds": experiment.seeds, "fused": experiment.fused}
     return {**space.params, **constants}
-
-
-def make_scheduler(experiment: Experiment):
-    if experiment.scheduler == "asha":
-        # first rung at an eighth of the epochs, the better half kept at each rung; what that
-        # saves against the full grid: bench/search_efficiency.py, docs/benchmarks.md
-        return ASHAScheduler(time_attr="training_iteration", max_t=experiment.epochs,
-                             grace_period=max(1, experiment.epochs // 8), reduction_factor=2)
-    return FIFOScheduler()
 
 
 def load_data(experiment: Experiment) -> dict:
@@ -117,18 +108,20 @@ def _run(experiment: Experiment, resume: bool, address: str | None) -> int:
         experiment.save()
         record_provenance(experiment)
         write_yardsticks(f"{experiment.path}/{YARDSTICKS_FILE}", yardsticks)
+        scheduler = make_scheduler(experiment.scheduler, experiment.epochs)
         tuner = tune.Tuner(
             trainable,
             param_space=param_space(experiment),
             tune_config=tune.TuneConfig(
                 metric=METRIC, mode=MODE, search_alg=make_searcher(experiment, slots, log),
-                scheduler=make_scheduler(experiment), num_samples=experiment.num_samples,
+                scheduler=scheduler, num_samples=experiment.num_samples,
                 # Searchers take the limit here; Tune's own generators (grid, random) take it themselves
                 max_concurrent_trials=slots if experiment.searcher == "optuna" else None, reuse_actors=True,
                 trial_name_creator=trial_name, trial_dirname_creator=trial_name,
                 time_budget_s=search_seconds(experiment),
             ),
-            run_config=run_config(experiment.name, experiment.storage, experiment.num_samples),
+            run_config=run_config(experiment.name, experiment.storage, experiment.num_samples,
+                                  callbacks=scheduler_callbacks(scheduler)),
         )
     start = time.time()
     results, interrupted = fit(tuner)

@@ -59,6 +59,35 @@ def space():
         SPACES.pop(name, None)
 
 
+#: The experiments of `experiments`: an Optuna + ASHA search and the report's two grids (at their 5 seeds).
+EXPERIMENT_ARGS = {
+    "tnet": ["--space", "tnet", "--seeds", "2", "--num-samples", "5"],
+    "lr-grid": ["--space", "lr-grid"],
+    "models": ["--space", "models"],
+}
+SMALL_EXPERIMENT = ["--budget", "smoke", "--data", "synthetic", "--train-size", "64", "--val-size", "16",
+                    "--epochs", "2"]
+
+
+@pytest.fixture(scope="session")
+def experiments(tmp_path_factory):
+    """Three real experiments made with the real command, shared by the tests that read them
+    (test_analysis.py, test_search.py): a search and both grids of the report."""
+    import ray
+
+    from search.cli import main
+
+    storage = tmp_path_factory.mktemp("experiments")
+    started = not ray.is_initialized()
+    try:
+        for name, args in EXPERIMENT_ARGS.items():
+            assert main([*args, *SMALL_EXPERIMENT, "--storage", str(storage), "--name", name]) == 0
+    finally:
+        if started:
+            ray.shutdown()  # the command started its own local Ray; later tests may want another one
+    return {name: storage / name for name in EXPERIMENT_ARGS}
+
+
 def run_cli(*args, timeout=300, env=None):
     """Run `python search/run.py ARGS` as a user would; returns the CompletedProcess."""
     return subprocess.run([sys.executable, str(REPO / "search" / "run.py"), *args], capture_output=True,

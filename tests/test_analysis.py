@@ -16,35 +16,11 @@ import torch
 from PIL import Image
 
 from analysis.report import main as report_main
-from conftest import interrupt_when
+from conftest import EXPERIMENT_ARGS, interrupt_when
 
 pytestmark = pytest.mark.slow  # long end-to-end searches: python -m pytest -m "not slow" leaves them out
 
 REPO = Path(__file__).resolve().parents[1]
-SMALL = ["--budget", "smoke", "--data", "synthetic", "--train-size", "64", "--val-size", "16", "--epochs", "2",
-         "--seeds", "2"]
-NAMES = ("tnet", "lr-grid", "models")
-
-
-@pytest.fixture(scope="module")
-def experiments(tmp_path_factory):
-    """Three real experiments made with the real command: an Optuna + ASHA search and both grids."""
-    import ray
-
-    from search.cli import main
-
-    storage = tmp_path_factory.mktemp("experiments")
-    started = not ray.is_initialized()
-    try:
-        assert main(["--space", "tnet", *SMALL, "--num-samples", "5", "--storage", str(storage), "--name", "tnet"]) == 0
-        for space in ("lr-grid", "models"):
-            assert main(["--space", space, *SMALL, "--storage", str(storage), "--name", space]) == 0
-    finally:
-        if started:
-            ray.shutdown()  # the command started its own local Ray; later tests may want another one
-    return {name: storage / name for name in NAMES}
-
-
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny models on a busy 2-core machine run several times faster on one torch thread."""
@@ -161,7 +137,7 @@ def test_table1_numbers_are_the_seed_mean_and_std_of_each_lr_after_the_last_epoc
         row = csv.iloc[i]
         assert row["psnr_mean"] == pytest.approx(psnr[0], abs=1e-9) and row["psnr_std"] == pytest.approx(psnr[1], abs=1e-9)
         assert row["loss_mean"] == pytest.approx(loss[0], abs=1e-12) and row["loss_std"] == pytest.approx(loss[1], abs=1e-12)
-        assert row["seeds"] == 2 and row["epoch"] == 2 and row["status"] == "finished"
+        assert row["seeds"] == 5 and row["epoch"] == 2 and row["status"] == "finished"  # the grid's 5 seeds
         assert_shown(md.iloc[0, i + 1], *psnr)
         assert_shown(md.iloc[1, i + 1], *loss)
 
@@ -294,7 +270,7 @@ def test_an_experiment_without_trials_exits_2(tmp_path):
 
 
 # -- Done when 3: the exported model ----------------------------------------------------------------------
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", list(EXPERIMENT_ARGS))
 def test_exported_model_reproduces_its_recorded_validation_psnr(experiments, reports, name):
     from n2n_models import build_model
     from n2n_models.data import load_pairs

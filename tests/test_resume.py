@@ -14,12 +14,12 @@ from conftest import REPO, run_cli
 pytestmark = pytest.mark.slow  # long end-to-end searches: python -m pytest -m "not slow" leaves them out
 
 EPOCHS = 5
-ARGS = ["--space", "tnet", "--data", "synthetic", "--train-size", "800", "--val-size", "32", "--epochs", str(EPOCHS),
+ARGS = ["--space", "tnet", "--data", "synthetic", "--train-size", "400", "--val-size", "32", "--epochs", str(EPOCHS),
         "--num-samples", "4", "--scheduler", "fifo", "--max-concurrent", "2", "--seeds", "1", "--no-refit"]
 
 
-def interrupt_midway(storage, name, sig):
-    """Start a search, wait until a trial is early in its training, send `sig` to the driver;
+def interrupt_midway(storage, name, sig, part_trained=1):
+    """Start a search, wait until `part_trained` trials are early in their training, send `sig` to the driver;
     returns its exit status, its output, and per trial the histories logged and the epochs
     checkpointed on disk once the driver has exited."""
     experiment = storage / name
@@ -28,8 +28,8 @@ def interrupt_midway(storage, name, sig):
                             start_new_session=True)
     try:
         deadline = time.time() + 240
-        while not any(1 <= checkpointed_epochs(trial) <= 2 and logged_epochs(trial) >= 1
-                      for trial in experiment.glob("trial_*")):
+        while sum(1 <= checkpointed_epochs(trial) <= 3 and logged_epochs(trial) >= 1
+                  for trial in experiment.glob("trial_*")) < part_trained:
             assert time.time() < deadline, "no trial checkpointed part-way in time"
             assert proc.poll() is None, proc.communicate()[0][-3000:]
             time.sleep(0.2)
@@ -78,15 +78,17 @@ def final_histories(experiment):
     return {d.name: pd.read_csv(d / "progress.csv") for d in trials}
 
 
-def assert_every_trial_completed_once_and_part_way_ones_continued(experiment):
-    """Every trial's history holds each epoch once, in order, with the trainer's own epoch counter
-    equal to Tune's iteration (nothing restarted at epoch 1), written by at most two processes,
-    one after the other; and some trial continued in the resumed search's new process from a
-    checkpoint, that is at an epoch after the first. (Which epoch a trial resumes at depends on
-    what the stopped driver had recorded: a checkpoint on disk whose result it never logged is
-    trained again.)"""
+def assert_every_trial_completed_once_and_part_way_ones_continued(experiment, damaged=None):
+    """Every trial's history (but the `damaged` one's) holds each epoch once, in order, with the
+    trainer's own epoch counter equal to Tune's iteration (nothing restarted at epoch 1), written
+    by at most two processes, one after the other; and some trial continued in the resumed search's
+    new process from a checkpoint, that is at an epoch after the first. (Which epoch a trial resumes
+    at depends on what the stopped driver had recorded: a checkpoint on disk whose result it never
+    logged is trained again.)"""
     continued = []
     for name, history in final_histories(experiment).items():
+        if name == damaged:
+            continue
         assert history["training_iteration"].tolist() == list(range(1, EPOCHS + 1)), f"{name} completed once"
         assert history["epoch"].tolist() == history["training_iteration"].tolist(), name
         assert history["trial_id"].nunique() == 1, name
@@ -97,15 +99,27 @@ def assert_every_trial_completed_once_and_part_way_ones_continued(experiment):
     assert any(epoch > 1 for epoch in continued), f"no trial continued from a checkpoint: {continued}"
 
 
-def test_sigint_then_resume_finishes_every_trial_from_its_checkpoint(tmp_path):
-    rc, output, _, checkpointed = interrupt_midway(tmp_path, "interrupted", signal.SIGINT)
+def test_sigint_then_resume_finishes_every_trial_from_its_checkpoint_or_afresh_when_all_are_damaged(tmp_path):
+    """Ctrl-C while two trials are part-way; then every checkpoint of one of them is truncated on
+    disk: resuming warns, trains that trial from the start, continues the other from its
+    checkpoint, and the search completes (see test_checkpoints.py for the fall back to an earlier
+    good checkpoint)."""
+    rc, output, before, checkpointed = interrupt_midway(tmp_path, "interrupted", signal.SIGINT, part_trained=2)
     assert rc == 130, "an interrupted search must not claim success"
     assert "--resume" in output
     summary = next(line for line in output.splitlines() if line.startswith("Search ") and " interrupted after " in line)
     assert "unfinished" in summary and "stopped early" not in summary, summary  # fifo stops none early
-    assert part_way(checkpointed), f"the interrupt came while some trial was part-way through: {checkpointed}"
-    resume(tmp_path, "interrupted")
-    assert_every_trial_completed_once_and_part_way_ones_continued(tmp_path / "interrupted")
+    assert len(part_way(checkpointed)) >= 2, f"the interrupt came while trials were part-way through: {checkpointed}"
+    damaged = next(name for name in part_way(checkpointed) if name in before)
+    for checkpoint in (tmp_path / "interrupted" / damaged).glob("checkpoint_*/trainer.pt"):
+        checkpoint.write_bytes(checkpoint.read_bytes()[: checkpoint.stat().st_size // 3])
+    proc = resume(tmp_path, "interrupted")
+    assert "is unreadable" in proc.stdout + proc.stderr, "the damaged checkpoint is reported"
+    assert_every_trial_completed_once_and_part_way_ones_continued(tmp_path / "interrupted", damaged=damaged)
+    history = final_histories(tmp_path / "interrupted")[damaged]
+    resumed_rows = history[history["process_start"] > before[damaged]["process_start"].max()]
+    assert resumed_rows["epoch"].iloc[0] == 1, "training of the damaged trial started again"
+    assert resumed_rows["epoch"].iloc[-1] == EPOCHS, "and went on to the end"
 
 
 def test_driver_killed_with_sigkill_resumes_with_every_result_once(tmp_path):
@@ -114,23 +128,6 @@ def test_driver_killed_with_sigkill_resumes_with_every_result_once(tmp_path):
     assert part_way(checkpointed), checkpointed
     resume(tmp_path, "killed")
     assert_every_trial_completed_once_and_part_way_ones_continued(tmp_path / "killed")
-
-
-def test_damaged_checkpoints_do_not_fail_the_search(tmp_path):
-    """Every checkpoint of a part-trained trial is truncated on disk: resuming warns, trains that
-    trial from the start, and the search completes (see test_checkpoints.py for the fall back to
-    an earlier good checkpoint)."""
-    rc, _, before, checkpointed = interrupt_midway(tmp_path, "damaged", signal.SIGINT)
-    assert rc == 130
-    name = next(name for name in part_way(checkpointed) if name in before)
-    for checkpoint in (tmp_path / "damaged" / name).glob("checkpoint_*/trainer.pt"):
-        checkpoint.write_bytes(checkpoint.read_bytes()[: checkpoint.stat().st_size // 3])
-    proc = resume(tmp_path, "damaged")
-    assert "is unreadable" in proc.stdout + proc.stderr, "the damaged checkpoint is reported"
-    history = final_histories(tmp_path / "damaged")[name]
-    resumed_rows = history[history["process_start"] > before[name]["process_start"].max()]
-    assert resumed_rows["epoch"].iloc[0] == 1, "training of that trial started again"
-    assert resumed_rows["epoch"].iloc[-1] == EPOCHS, "and went on to the end"
 
 
 def test_tunes_warning_about_trials_without_results_is_dropped_and_others_kept():

@@ -90,3 +90,57 @@ def test_no_choice_reads_the_test_split_and_the_refit_gives_the_exported_model(l
     model = torch.load(tmp_path / "runs" / "a" / "report" / "best_model.pt", weights_only=True)
     assert model["seed"] in (1, 2) and model["checkpoint"].startswith("trial_")
     assert model["test_psnr"] == model["test_psnr"]  # recorded, not NaN
+
+
+def _decisions(experiment) -> list[tuple]:
+    """Per trial, in the order the searcher proposed them: its configuration, the epochs it was
+    trained to and its validation PSNR at each."""
+    out = []
+    for d in experiment.glob("trial_*"):
+        params = json.loads((d / "params.json").read_text())
+        history = pd.read_csv(d / "progress.csv").drop_duplicates("training_iteration", keep="last")
+        out.append((history["process_start"].min(), params["lr"], params["loss"], params["width"],
+                    history["training_iteration"].tolist(), history["val_psnr"].round(4).tolist()))
+    return [row[1:] for row in sorted(out)]  # one trial at a time: in the order they started
+
+
+def test_an_interrupted_and_resumed_search_trains_the_same_trials_to_the_same_epochs(local_ray, tmp_path,
+                                                                                     monkeypatch):
+    """TPE + ASHA, one trial at a time: Ctrl-C as the first trial ends, then --resume, proposes the
+    same configurations, stops the same ones at the same rungs and trains them to the same PSNR as
+    the uninterrupted search. ASHA's records of the first trial survive the interrupt: without them
+    the second trial, which the first one's record stops at the first rung, would pass it unopposed
+    (with these seeds; checked by leaving search.schedulers.KeepScheduler out)."""
+    import os
+    import signal
+
+    from ray import tune
+
+    import search.tuning
+    from search.cli import main
+
+    args = ["--space", "tnet", "--data", "synthetic", "--train-size", "96", "--val-size", "16", "--epochs", "4",
+            "--seeds", "1", "--num-samples", "5", "--max-concurrent", "1", "--scheduler", "asha",
+            "--searcher", "optuna", "--search-seed", "1", "--no-refit", "--storage", str(tmp_path)]
+    assert main([*args, "--name", "whole"]) == 0
+    whole = _decisions(tmp_path / "whole")
+    assert any(len(epochs) < 4 for *_, epochs, _ in whole), f"ASHA stopped some trial: {whole}"
+
+    once = tmp_path / "interrupted-once"
+
+    class CtrlCAsTheFirstTrialEnds(tune.Callback):  # pickled with the Tuner: the resumed search has it too
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            if not once.exists():
+                once.touch()
+                os.kill(os.getpid(), signal.SIGINT)  # Tune's handler, in this (the main) thread, saves and stops
+
+    run_config = search.tuning.run_config
+    monkeypatch.setattr(search.tuning, "run_config", lambda *a, callbacks=(), **k: run_config(
+        *a, callbacks=[*callbacks, CtrlCAsTheFirstTrialEnds()], **k))
+    assert main([*args, "--name", "resumed"]) == 130
+    monkeypatch.undo()
+    experiment = tmp_path / "resumed"
+    rows = [len(pd.read_csv(p)) for p in experiment.glob("trial_*/progress.csv") if p.stat().st_size]
+    assert rows == [4], f"the interrupt came before the second trial's first result: {rows}"
+    assert main([*args, "--name", "resumed", "--resume"]) == 0
+    assert _decisions(experiment) == whole

@@ -9,7 +9,7 @@ from n2n_models.data import load_pairs
 from n2n_models.metrics import psnr_per_image, psnr_uint8
 from n2n_models.train import ReplicaTrainer, TrainSpec, eval_batch_size
 
-pytestmark = pytest.mark.numeric  # run again on the AVX2 code paths by .ci/run
+numeric = pytest.mark.numeric  # comparisons of floating-point results: run again on the AVX2 code paths by .ci/run
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +49,7 @@ def float64():
 FLOAT64_TOLERANCE = 1e-9
 
 
+@numeric
 @pytest.mark.parametrize("hparams", [{}, {"batchnorm": True}])
 def test_fused_replicas_train_the_same_numbers_as_separate_runs(synthetic, float64, hparams):
     spec = TrainSpec("tnet", hparams=hparams, lr=1e-3, batch_size=32, epochs=2, seeds=(0, 1, 2))
@@ -69,6 +70,7 @@ def test_fused_replicas_train_the_same_numbers_as_separate_runs(synthetic, float
                                        msg=lambda m: f"replica {i}, {name}: {m}")
 
 
+@numeric
 def test_fused_replicas_support_dropout(synthetic):
     spec = TrainSpec("tnet", hparams={"dropout": 0.2}, lr=1e-3, batch_size=64, epochs=1, seeds=(0, 1))
     trainer = ReplicaTrainer(spec, fused=True)
@@ -78,15 +80,20 @@ def test_fused_replicas_support_dropout(synthetic):
     assert torch.equal(out, trainer.predict(synthetic.val_noisy[:4])), "no dropout at evaluation"
 
 
+@numeric
 @pytest.mark.parametrize("fused", [False, True])
-def test_checkpoint_restores_training_exactly(synthetic, fused):
-    spec = TrainSpec("tnet", lr=1e-3, batch_size=32, epochs=3, seeds=(0, 1))
+@pytest.mark.parametrize("dropout", [0.0, 0.2])
+def test_checkpoint_restores_training_exactly(synthetic, fused, dropout):
+    """Resumed from a checkpoint, training goes on with the same numbers; with dropout too (the
+    masks come from the random generator's state, which the checkpoint keeps)."""
+    spec = TrainSpec("tnet", hparams={"dropout": dropout}, lr=1e-3, batch_size=32, epochs=3, seeds=(0, 1))
     straight = ReplicaTrainer(spec, fused=fused)
     for _ in range(3):
         expected = straight.train_epoch(synthetic.train_a, synthetic.train_b)
     first = ReplicaTrainer(spec, fused=fused)
     first.train_epoch(synthetic.train_a, synthetic.train_b)
     state = first.state_dict()
+    torch.manual_seed(12345)  # whatever this process drew in between
     resumed = ReplicaTrainer(spec, fused=fused)
     resumed.load_state_dict(state)
     assert resumed.epoch == 1
@@ -95,6 +102,7 @@ def test_checkpoint_restores_training_exactly(synthetic, fused):
     assert torch.allclose(got, expected, atol=1e-6)
 
 
+@numeric
 @pytest.mark.slow
 @pytest.mark.parametrize("written_fused", [True, False])
 def test_a_checkpoint_written_fused_continues_sequential_and_the_reverse(synthetic, float64, written_fused):
@@ -110,7 +118,7 @@ def test_a_checkpoint_written_fused_continues_sequential_and_the_reverse(synthet
     saved = io.BytesIO()  # through bytes, as a checkpoint file
     torch.save(first.state_dict(), saved)
     state = torch.load(io.BytesIO(saved.getvalue()), weights_only=True)
-    assert set(state) == {"epoch", "replicas", "optimizers"} and len(state["optimizers"]) == 2
+    assert set(state) == {"epoch", "replicas", "optimizers", "rng"} and len(state["optimizers"]) == 2
     resumed = ReplicaTrainer(spec, fused=not written_fused)
     resumed.load_state_dict(state)
     assert resumed.epoch == 1
@@ -129,6 +137,7 @@ def test_unet_with_batch_norm_trains_when_the_last_batch_would_hold_one_image():
     assert torch.isfinite(loss).all()
 
 
+@numeric
 @pytest.mark.parametrize("fused", [False, True])
 def test_evaluation_in_chunks_gives_what_one_pass_over_all_images_gives(fused):
     """The default evaluation chunk (`eval_batch_size`) splits the validation set; a last, partial

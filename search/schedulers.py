@@ -1,0 +1,52 @@
+"""The scheduler of a search (ASHA, or FIFO), and its rung records kept with the experiment so that
+a resumed search stops the trials the uninterrupted one would have stopped.
+
+Tune saves the searcher's state and the callbacks' with the experiment, but not the scheduler's:
+`Tuner.restore` brings back the scheduler as it was pickled when the Tuner was built, with empty
+rungs, and a resumed ASHA would then let every trial pass the rungs it reaches first. KeepScheduler
+is a callback that carries the scheduler's own state (TrialScheduler.save / restore) in the
+callbacks' saved state; tests/test_search_quality.py checks the outcome end to end."""
+from __future__ import annotations
+
+import os
+import tempfile
+
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+
+
+def make_scheduler(kind: str, epochs: int) -> TrialScheduler:
+    if kind == "asha":
+        # first rung at an eighth of the epochs, the better half kept at each rung; what that
+        # saves against the full grid: bench/search_efficiency.py, docs/benchmarks.md
+        return ASHAScheduler(time_attr="training_iteration", max_t=epochs,
+                             grace_period=max(1, epochs // 8), reduction_factor=2)
+    return FIFOScheduler()
+
+
+class KeepScheduler(tune.Callback):
+    """Saves `scheduler`'s state with the experiment and puts it back when the experiment is
+    restored. It holds the same scheduler object that Tune runs: both are pickled together in the
+    Tuner's state, so the restored callback refers to the restored scheduler."""
+
+    def __init__(self, scheduler: TrialScheduler):
+        self.scheduler = scheduler
+
+    def get_state(self) -> dict:
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "scheduler.pkl")
+            self.scheduler.save(path)
+            with open(path, "rb") as f:
+                return {"scheduler": f.read()}
+
+    def set_state(self, state: dict):
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "scheduler.pkl")
+            with open(path, "wb") as f:
+                f.write(state["scheduler"])
+            self.scheduler.restore(path)
+
+
+def scheduler_callbacks(scheduler: TrialScheduler) -> list:
+    """The callbacks a search needs for `scheduler` to survive --resume."""
+    return [KeepScheduler(scheduler)] if isinstance(scheduler, ASHAScheduler) else []
