@@ -15,7 +15,8 @@ from n2n_models.config import model_hparams, training_knobs, trial_seeds
 from n2n_models.export import save_model
 from n2n_models.provenance import MODEL_KEY, for_model_file
 
-from .load import ExperimentData
+from .experiment_file import EXPERIMENT_FILE, REFIT_FOLDER
+from .load import ExperimentData, ExperimentError, load_experiment
 
 
 @dataclass
@@ -47,6 +48,28 @@ def find_checkpoint(trial_dir: Path, epoch: int) -> tuple[Path, TrialCheckpoint]
         if state is not None and state.epoch == epoch:
             return folder / CHECKPOINT_FILE, state
     return None
+
+
+def load_refit(exp: ExperimentData) -> ExperimentData | None:
+    """The experiment's refit (its best configuration trained again), when there is one."""
+    folder = exp.path / REFIT_FOLDER
+    if not (folder / EXPERIMENT_FILE).is_file():
+        return None
+    try:
+        return load_experiment(folder)
+    except ExperimentError:
+        return None
+
+
+def exported(exp: ExperimentData) -> tuple[ExperimentData, BestCheckpoint | None]:
+    """Where the model a user takes home comes from: the refit's best checkpoint when the refit has
+    one, else the search's own; returns (that experiment, its best checkpoint)."""
+    refit = load_refit(exp)
+    if refit is not None:
+        best = best_checkpoint(refit)
+        if best is not None:
+            return refit, best
+    return exp, best_checkpoint(exp)
 
 
 def best_checkpoint(exp: ExperimentData) -> BestCheckpoint | None:

@@ -16,7 +16,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the project importable without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from analysis.experiment_file import EXPERIMENT_FILE, REFIT_FOLDER, YARDSTICKS_FILE  # noqa: E402
+from analysis.experiment_file import REFIT_FOLDER, YARDSTICKS_FILE  # noqa: E402
 from analysis.load import STATUSES, ExperimentData, ExperimentError, load_experiment  # noqa: E402
 from analysis.provenance import provenance_md, provenance_notes  # noqa: E402
 from analysis.tables import PSNR_DECIMALS, Table, fmt_hparam, importance_table, main_tables, mean_pm_std  # noqa: E402
@@ -113,17 +113,6 @@ def _validation_data(exp: ExperimentData):
     return (pairs.val_noisy, pairs.val_clean), ""
 
 
-def _refit(exp: ExperimentData) -> ExperimentData | None:
-    """The experiment's refit (its best configuration trained again), when there is one."""
-    folder = exp.path / REFIT_FOLDER
-    if not (folder / EXPERIMENT_FILE).is_file():
-        return None
-    try:
-        return load_experiment(folder)
-    except ExperimentError:
-        return None
-
-
 def _refit_md(refit: ExperimentData) -> list[str]:
     """What the refit measured: validation and test PSNR over its replicas, each at its best
     validation epoch."""
@@ -166,7 +155,7 @@ def write_report(exp: ExperimentData, out: Path, samples: int = 32) -> list[Tabl
 def _write_report(exp: ExperimentData, out: Path, stage: Path, samples: int) -> list[Table]:
     """The report's files written into `stage`; the text names them as they will lie in `out`."""
     from analysis import figures
-    from analysis.export import best_checkpoint, export_best
+    from analysis.export import export_best, exported, load_refit
     from analysis.importance import Skip, param_importances
     from n2n_models.export import load_model
     from n2n_models.metrics import psnr
@@ -177,7 +166,7 @@ def _write_report(exp: ExperimentData, out: Path, stage: Path, samples: int) -> 
     if len(noisy):
         md[-1] += f" Noisy validation inputs score {float(noisy.iloc[0]):.2f} dB (mean per-image PSNR)."
     md += ["", _splits_line(exp)]
-    refit = _refit(exp)
+    refit = load_refit(exp)
     refit_test = refit.trials["best_test_mean"].dropna() if refit is not None and "best_test_mean" in refit.trials else []
     line = yardstick_line(read_yardsticks(exp.path / YARDSTICKS_FILE), *((refit_test.mean(), "the refit (mean over its replicas)")
                           if len(refit_test) else (_best_test(exp), "the best trial (at its best validation epoch)")))
@@ -193,11 +182,11 @@ def _write_report(exp: ExperimentData, out: Path, stage: Path, samples: int) -> 
 
     # -- best model -------------------------------------------------------------------------------
     md += ["## Best model", ""]
-    source = refit if refit is not None and best_checkpoint(refit) is not None else exp
-    best = best_checkpoint(source)
+    source, best = exported(exp)
+    from_refit = source.path != exp.path
     model = info = None
-    if source is refit:
-        md += _refit_md(refit) + [""]
+    if from_refit:
+        md += _refit_md(source) + [""]
     if best is None:
         md += ["No trial has a checkpoint with a finite validation PSNR: nothing to export.", ""]
     else:
@@ -206,7 +195,7 @@ def _write_report(exp: ExperimentData, out: Path, stage: Path, samples: int) -> 
         shown = shown_knobs(info["config"])  # not, e.g., latent for TNet
         hp = ", ".join(f"{k} {fmt_hparam(k, v)}" for k, v in shown.items() if v is not None)
         spread = f" ± {best.config_psnr_std:.2f}" if best.config_psnr_std == best.config_psnr_std else ""
-        which = "Refit replica" if source is refit else "Trial"
+        which = "Refit replica" if from_refit else "Trial"
         md += [f"{which} `{best.trial_id}` ({hp}) reached the highest seed-mean validation PSNR, "
                f"{best.config_psnr_mean:.2f}{spread} dB, at epoch {best.epoch}. Its best replica (seed {best.seed}, "
                f"{best.val_psnr:.2f} dB) is exported as [best_model.pt](best_model.pt): model name, "

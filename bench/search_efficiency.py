@@ -14,7 +14,7 @@ trials and epochs, its configuration, and what the grid measured for that config
 
 TPE + ASHA runs as search/ sets it up: a configuration proposed again is not retrained (its earlier
 result is reused, search/searchers.py), ASHA's first rung at epochs/8 with reduction factor 2
-(search/tuning.py). The last lines run it with other settings, by replacing
+(search/schedulers.py). The last lines run it with other settings, by replacing
 `search.tuning.make_scheduler` / `make_searcher` for that run only: the settings before this
 benchmark (repeats retrained, first rung at epochs/4), and a more aggressive ASHA.
 """

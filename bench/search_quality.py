@@ -1,0 +1,133 @@
+"""What a search buys, at equal wall time: the test PSNR of the model a user takes home from
+
+  - the report's setting trained alone (docs/reproduction/report-tnet.json, one trial),
+  - random search + ASHA,
+  - TPE + ASHA,
+  - TPE + ASHA + refit (the default),
+
+each given the same `--time-budget` minutes, each search run with `--search-seeds` seeds; printed as
+mean ± std over the seeds, beside the noisy input and the best classical denoiser on the same test
+images, and the curve of the best test PSNR against wall time (from the trials' own timestamps: the
+best trial by validation so far, at its best validation epoch; at the end, the exported model, which
+for the refit comes from its replicas).
+
+    python bench/search_quality.py [--minutes 10] [--search-seeds 3] [--data folder:../shared/data/CBSD432]
+                                   [--train-size 20000] [--val-size 500] [--space tnet] [--storage DIR]
+
+Every run is the real command, `python search/run.py ... --time-budget MINUTES`, one after the other
+(each with the machine to itself). The exported model is the one `analysis/report.py` exports
+(analysis.export.exported: the refit's best replica when there is a refit, else the best trial),
+and its test PSNR is the one recorded at that checkpoint. Results are kept in --storage (a
+temporary folder by default). docs/search-quality.md has the figures.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from analysis.export import exported  # noqa: E402
+from analysis.load import load_experiment, read_results  # noqa: E402
+from analysis.tables import mean_pm_std  # noqa: E402
+
+REPORT_SETTING = REPO / "docs" / "reproduction" / "report-tnet.json"
+METHODS = {  # name: (flags, whether it depends on the search seed)
+    "report's setting alone": (["--configs", str(REPORT_SETTING), "--seeds", "1", "--epochs", "100000"], False),
+    "random + ASHA": (["--searcher", "random", "--scheduler", "asha", "--no-refit"], True),
+    "TPE + ASHA": (["--searcher", "optuna", "--scheduler", "asha", "--no-refit"], True),
+    "TPE + ASHA + refit": (["--searcher", "optuna", "--scheduler", "asha"], True),
+}
+
+
+def run(name: str, flags: list[str], args, seed: int) -> dict:
+    folder = f"{name.replace(' ', '-').replace('+', '').replace(chr(39), '')}-seed{seed}"
+    command = [sys.executable, str(REPO / "search" / "run.py"), *flags, "--data", args.data, "--noise", args.noise,
+               "--train-size", str(args.train_size), "--val-size", str(args.val_size),
+               "--time-budget", str(args.minutes), "--search-seed", str(seed),
+               "--storage", str(args.storage), "--name", folder]
+    if "--configs" not in flags:
+        command[2:2] = ["--space", args.space]
+    print(f"[bench] {name}, seed {seed}: {' '.join(command[1:])}", flush=True)
+    start = time.time()
+    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    seconds = time.time() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"{name} failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    exp = load_experiment(args.storage / folder)
+    source, best = exported(exp)
+    yardsticks = json.loads((exp.path / "yardsticks.json").read_text())
+    return {"method": name, "seed": seed, "seconds": seconds, "test_psnr": best.test_psnr if best else float("nan"),
+            "val_psnr": best.val_psnr if best else float("nan"), "trials": len(exp.trials),
+            "noisy": yardsticks["noisy_test_psnr"], "classical": yardsticks["methods"][yardsticks["best"]]["test_psnr"],
+            "curve": pd.concat([best_so_far(exp), pd.Series({seconds: best.test_psnr if best else float("nan")})])}
+
+
+def best_so_far(exp) -> pd.Series:
+    """Test PSNR of the best trial by validation so far (at its best validation epoch so far),
+    against seconds since the first trial started (the trials' own timestamps)."""
+    frames = [read_results(exp.path / folder) for folder in exp.trials["folder"] if folder]
+    rows = pd.concat([f for f in frames if not f.empty], ignore_index=True) if frames else pd.DataFrame()
+    if rows.empty:
+        return pd.Series(dtype=float)
+    rows = rows.dropna(subset=["val_psnr"]).sort_values("reported_at")
+    start, best_val, out = rows["process_start"].min(), -float("inf"), {}
+    for row in rows.itertuples(index=False):
+        if row.val_psnr > best_val:
+            best_val = row.val_psnr
+            out[row.reported_at - start] = row.test_psnr
+    return pd.Series(out)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--minutes", type=float, default=10.0)
+    p.add_argument("--search-seeds", type=int, default=3)
+    p.add_argument("--data", default=f"folder:{REPO.parent / 'shared' / 'data' / 'CBSD432'}")
+    p.add_argument("--noise", default="pixelate")
+    p.add_argument("--train-size", type=int, default=20_000)
+    p.add_argument("--val-size", type=int, default=500)
+    p.add_argument("--space", default="tnet")
+    p.add_argument("--storage", type=Path, default=None)
+    args = p.parse_args(argv)
+    if args.data.startswith("folder:") and not Path(args.data[len("folder:"):]).is_dir():
+        print(f"skipped: {args.data[len('folder:'):]} is not here (the shared photos); pass --data photos "
+              f"for the built-in data", file=sys.stderr)
+        return 2
+    args.storage = args.storage or Path(tempfile.mkdtemp(prefix="search-quality-"))
+    rows = []
+    for name, (flags, seeded) in METHODS.items():
+        for seed in range(args.search_seeds if seeded else 1):
+            rows.append(run(name, flags, args, seed))
+            print(f"[bench]   test {rows[-1]['test_psnr']:.2f} dB in {rows[-1]['seconds'] / 60:.1f} min", flush=True)
+    table = pd.DataFrame(rows)
+    print(f"\n{args.data} + {args.noise}, {args.train_size} pairs, {args.val_size} validation and test images, "
+          f"{args.minutes:g} minutes each ({args.storage})")
+    print(f"noisy input {table['noisy'].iloc[0]:.2f} dB, best classical {table['classical'].iloc[0]:.2f} dB (test)")
+    for name, group in table.groupby("method", sort=False):
+        test = group["test_psnr"]
+        print(f"{name:<24} test {mean_pm_std(test.mean(), test.std() if len(test) > 1 else float('nan'), 2):>14} dB"
+              f"  ({len(group)} run{'s' if len(group) > 1 else ''}, {group['trials'].mean():.0f} trials, "
+              f"{group['seconds'].mean() / 60:.1f} min)")
+    print("\nbest test PSNR so far against wall time (mean over seeds):")
+    marks = [args.minutes * 60 * f for f in (0.25, 0.5, 0.75, 1.0)]
+    print(f"{'':<24}" + "".join(f"{m / 60:>9.1f}m" for m in marks))
+    for name, group in table.groupby("method", sort=False):
+        values = []
+        for mark in marks:
+            at = [c[c.index <= mark].iloc[-1] for c in group["curve"] if len(c[c.index <= mark])]
+            values.append(sum(at) / len(at) if at else float("nan"))
+        print(f"{name:<24}" + "".join(f"{v:>10.2f}" for v in values))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
