@@ -61,10 +61,9 @@ def load_refit(exp: ExperimentData) -> ExperimentData | None:
         return None
 
 
-def exported(exp: ExperimentData) -> tuple[ExperimentData, BestCheckpoint | None]:
-    """Where the model a user takes home comes from: the refit's best checkpoint when the refit has
-    one, else the search's own; returns (that experiment, its best checkpoint)."""
-    refit = load_refit(exp)
+def exported(exp: ExperimentData, refit: ExperimentData | None) -> tuple[ExperimentData, BestCheckpoint | None]:
+    """Where the model a user takes home comes from: the refit's best checkpoint when the refit
+    (`load_refit(exp)`) has one, else the search's own; returns (that experiment, its best checkpoint)."""
     if refit is not None:
         best = best_checkpoint(refit)
         if best is not None:

@@ -182,8 +182,8 @@ def _write_report(exp: ExperimentData, out: Path, stage: Path, samples: int) -> 
 
     # -- best model -------------------------------------------------------------------------------
     md += ["## Best model", ""]
-    source, best = exported(exp)
-    from_refit = source.path != exp.path
+    source, best = exported(exp, refit)
+    from_refit = source is refit
     model = info = None
     if from_refit:
         md += _refit_md(source) + [""]

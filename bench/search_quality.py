@@ -35,7 +35,7 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from analysis.export import exported  # noqa: E402
+from analysis.export import exported, load_refit  # noqa: E402
 from analysis.load import load_experiment, read_results  # noqa: E402
 from analysis.tables import mean_pm_std  # noqa: E402
 
@@ -63,7 +63,7 @@ def run(name: str, flags: list[str], args, seed: int) -> dict:
     if proc.returncode != 0:
         raise SystemExit(f"{name} failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
     exp = load_experiment(args.storage / folder)
-    source, best = exported(exp)
+    _, best = exported(exp, load_refit(exp))
     yardsticks = json.loads((exp.path / "yardsticks.json").read_text())
     return {"method": name, "seed": seed, "seconds": seconds, "test_psnr": best.test_psnr if best else float("nan"),
             "val_psnr": best.val_psnr if best else float("nan"), "trials": len(exp.trials),

@@ -26,6 +26,11 @@ What is relied on (ray 2.60), and why no public API does it:
   or a wrapper such as `Quantized`) is the only record of how a domain draws (sampling_of).
   search/searchers.py turns a param_space into Optuna distributions from them; Tune's own converter
   is a private part of its OptunaSearch.
+- That `Tuner.restore` does not restore the scheduler's state (it unpickles the scheduler as it was
+  when the Tuner was built) while it does restore callbacks' `get_state`, and that a callback and
+  the scheduler it holds are pickled together in `tuner.pkl`, so the restored callback holds the
+  restored scheduler: search/schedulers.py (KeepScheduler) relies on both, with ASHA's public
+  `save`/`restore`. tests/test_search_quality.py's resume test fails when either changes.
 """
 from __future__ import annotations
 
