@@ -122,8 +122,11 @@ def _refit_md(refit: ExperimentData) -> list[str]:
     def pm(x):
         return mean_pm_std(x.mean(), x.std(), PSNR_DECIMALS)
 
+    reached = sorted({int(e) for e in done["epochs"]}) or [0]
+    epochs = f"{reached[0]}" if len(reached) == 1 else f"{reached[0]}-{reached[-1]}"
+    until = " (until the time budget ended)" if refit.spec.get("time_budget_min") else ""
     return [f"The search's best configuration was trained again (the refit, in `{REFIT_FOLDER}/`) with "
-            f"{len(done)} fresh seed{'s' if len(done) != 1 else ''}, {int(refit.spec.get('epochs', 0))} epochs: "
+            f"{len(done)} fresh seed{'s' if len(done) != 1 else ''}, {epochs} epochs{until}: "
             f"validation {pm(val)} dB, test {pm(test)} dB (mean ± std over the replicas, each at its best "
             "validation epoch). The model exported below is the refit's best replica by validation."]
 

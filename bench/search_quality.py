@@ -13,6 +13,7 @@ for the refit comes from its replicas).
 
     python bench/search_quality.py [--minutes 10] [--search-seeds 3] [--data folder:../shared/data/CBSD432]
                                    [--train-size 20000] [--val-size 500] [--space tnet] [--storage DIR]
+                                   [--methods "report's setting alone" "TPE + ASHA + refit"]
 
 Every run is the real command, `python search/run.py ... --time-budget MINUTES`, one after the other
 (each with the machine to itself). The exported model is the one `analysis/report.py` exports
@@ -97,6 +98,8 @@ def main(argv=None) -> int:
     p.add_argument("--val-size", type=int, default=500)
     p.add_argument("--space", default="tnet")
     p.add_argument("--storage", type=Path, default=None)
+    p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS), metavar="METHOD",
+                   help="which of: " + "; ".join(METHODS) + " (default: all)")
     args = p.parse_args(argv)
     if args.data.startswith("folder:") and not Path(args.data[len("folder:"):]).is_dir():
         print(f"skipped: {args.data[len('folder:'):]} is not here (the shared photos); pass --data photos "
@@ -105,6 +108,8 @@ def main(argv=None) -> int:
     args.storage = args.storage or Path(tempfile.mkdtemp(prefix="search-quality-"))
     rows = []
     for name, (flags, seeded) in METHODS.items():
+        if name not in args.methods:
+            continue
         for seed in range(args.search_seeds if seeded else 1):
             rows.append(run(name, flags, args, seed))
             print(f"[bench]   test {rows[-1]['test_psnr']:.2f} dB in {rows[-1]['seconds'] / 60:.1f} min", flush=True)

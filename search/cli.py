@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-refit", action="store_true", help="end a search without the refit")
     p.add_argument("--time-budget", type=_positive_float, metavar="MINUTES",
                    help="stop the search after this many minutes, the refit included (trials still running "
-                        "are stopped; their checkpoints count)")
+                        "are stopped; their checkpoints count); the search takes 40%%, the refit trains the best "
+                        "configuration for the rest (default for searches: the budget's, 9 for quick)")
     p.add_argument("--data", default="photos", help="photos (built in), synthetic, folder:DIR or epfl:DIR")
     p.add_argument("--noise", default="pixelate",
                    help="pixelate, gaussian:SIGMA, poisson:LAMBDA, impulse:P, bernoulli:P or text")
@@ -138,12 +139,14 @@ def parse(argv: list[str] | None = None) -> tuple[Experiment, argparse.Namespace
     experiment = Experiment(
         space=space.name, searcher=searcher, scheduler=scheduler, budget=_budget_text(args),
         num_samples=len(space.cells) if space.is_grid else (args.num_samples or budget.num_samples),
-        seeds=args.seeds or space.seeds or budget.seeds, epochs=args.epochs or budget.epochs,
-        train_size=args.train_size or budget.train_size, val_size=args.val_size or budget.val_size,
+        seeds=args.seeds or space.seeds or budget.seeds,
+        epochs=args.epochs or (space.is_grid and budget.grid_epochs) or budget.epochs,
+        train_size=args.train_size or (space.is_grid and budget.grid_train_size) or budget.train_size,
+        val_size=args.val_size or budget.val_size,
         data=data, noise=args.noise, data_seed=args.data_seed, search_seed=args.search_seed,
         cpus_per_trial=args.cpus_per_trial, gpus_per_trial=gpus, max_concurrent=args.max_concurrent,
         storage=storage, name=name, fused={"auto": None, "on": True, "off": False}[args.fused], configs=configs,
-        refit_seeds=refit_seeds, time_budget_min=args.time_budget,
+        refit_seeds=refit_seeds, time_budget_min=args.time_budget or (None if space.is_grid else budget.minutes),
     )
     return experiment, args
 

@@ -16,11 +16,12 @@ def trial_name(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def run_config(name: str, storage_path: str, trials: int, callbacks: list = ()) -> tune.RunConfig:
+def run_config(name: str, storage_path: str, trials: int, callbacks: list = (),
+               stop: dict | None = None) -> tune.RunConfig:
     """Where a Tuner writes, and how it keeps checkpoints, retries trials and reports progress;
-    `callbacks` are added to the progress lines."""
+    `callbacks` are added to the progress lines, `stop` is Tune's per-trial stopping condition."""
     return tune.RunConfig(
-        name=name, storage_path=storage_path,
+        name=name, storage_path=storage_path, stop=stop,
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="val_psnr",
                                                 checkpoint_score_order="max"),
         failure_config=tune.FailureConfig(max_failures=2),

@@ -3,6 +3,7 @@ that it can hold."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import signal
@@ -30,13 +31,31 @@ def connect(address: str | None):
         except ConnectionError as e:
             raise UsageError(f"cannot reach a Ray cluster at --address {address}: {e}") from None
     else:
-        with sigint_held_during_start():
+        with sigint_held_during_start(), quiet_token_notice():
             ray.init(address="local", include_dashboard=False, logging_level="WARNING", **LOOPBACK_NODE)
         if private_network.active():
             log("local Ray in a private network namespace: its ports are reachable over loopback only")
         else:
             log("note: this local Ray listens on all network interfaces (Ray 2.60 binds 0.0.0.0), guarded by "
                 "its token; run search/run.py on Linux with user namespaces to keep it on loopback")
+
+
+class _TokenNotice(logging.Filter):
+    """Drops Ray's notice that token authentication is on (the default for a local Ray since 2.5x,
+    printed on every start); its warning that authentication is off still shows."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled")
+
+
+@contextlib.contextmanager
+def quiet_token_notice():
+    logger, notice = logging.getLogger("ray._private.authentication.authentication_token_setup"), _TokenNotice()
+    logger.addFilter(notice)
+    try:
+        yield
+    finally:
+        logger.removeFilter(notice)
 
 
 @contextlib.contextmanager

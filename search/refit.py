@@ -5,6 +5,7 @@ a test PSNR, mean ± std over replicas, that no choice of the search was biased 
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 
 import pandas as pd
@@ -23,14 +24,24 @@ from .progress import log
 from .summary import print_next_steps, trial_rows
 
 
+#: A refit under --time-budget trains until the time is spent: its epochs are only a bound.
+OPEN_EPOCHS = 100_000
+
+
+def refit_epochs(experiment: Experiment) -> int:
+    """The search's epochs, or, under a time budget, as many as the time left allows: the search's
+    trials are cut short to compare many configurations, the winner is trained to its plateau."""
+    return experiment.epochs if experiment.time_budget_min is None else OPEN_EPOCHS
+
+
 def refit_experiment(experiment: Experiment, config: dict) -> Experiment:
     """The refit of `config` (a trial's configuration) as an experiment of its own: one
-    configuration, `experiment.refit_seeds` replicas, the search's epochs and data."""
+    configuration, `experiment.refit_seeds` replicas, the search's data, refit_epochs."""
     hparams = {k: config[k] for k in HPARAM_KEYS if k in config}
     hparams["label"] = "refit"
     return dataclasses.replace(
         experiment, space="refit", searcher="grid", scheduler="fifo", num_samples=experiment.refit_seeds,
-        seeds=1, storage=experiment.path, name=REFIT_FOLDER, refit_seeds=0,
+        seeds=1, epochs=refit_epochs(experiment), storage=experiment.path, name=REFIT_FOLDER, refit_seeds=0,
         configs=[check_config(hparams, "the refit's configuration")])
 
 
@@ -39,26 +50,35 @@ def refit_seeds(experiment: Experiment) -> list[int]:
     return list(range(experiment.seeds, experiment.seeds + experiment.refit_seeds))
 
 
+def replica_stop(seconds: float | None, replicas: int, slots: int) -> dict | None:
+    """Under a time budget, each replica's share of it: with fewer trial slots than replicas they
+    train in waves, and a replica open-ended in epochs would otherwise leave none to the next."""
+    if seconds is None:
+        return None
+    return {"time_total_s": max(seconds, 0) / math.ceil(replicas / max(slots, 1))}
+
+
 def run_refit(experiment: Experiment, config: dict, trainable, slots: int, yardsticks: dict | None = None,
               seconds: float | None = None) -> int:
     """Train the refit (or continue an interrupted one) within `seconds` (None: no limit) and
     print its summary; returns the exit status (130 when interrupted)."""
     refit = refit_experiment(experiment, config)
     seeds = refit_seeds(experiment)
+    length = f"{refit.epochs} epochs" if seconds is None else f"until the time budget ends ({max(seconds, 0) / 60:.1f} min)"
     log(f"refit: the best configuration again with {len(seeds)} fresh seed{'s' if len(seeds) > 1 else ''} "
-        f"({', '.join(map(str, seeds))}), {experiment.epochs} epochs, in {refit.path}")
+        f"({', '.join(map(str, seeds))}), {length}, in {refit.path}")
     if experiment_exists(refit.path):
         tuner = tune.Tuner.restore(refit.path, trainable=trainable, resume_errored=True)
     else:
         refit.save()
-        space = {**refit.configs[0], "epochs": experiment.epochs, "seeds": 1, "fused": experiment.fused,
+        space = {**refit.configs[0], "epochs": refit.epochs, "seeds": 1, "fused": experiment.fused,
                  "seed": tune.grid_search(seeds)}
         tuner = tune.Tuner(
             trainable, param_space=space,
             tune_config=tune.TuneConfig(
                 search_alg=BasicVariantGenerator(max_concurrent=slots), num_samples=1, reuse_actors=True,
                 trial_name_creator=trial_name, trial_dirname_creator=trial_name, time_budget_s=seconds),
-            run_config=run_config(REFIT_FOLDER, experiment.path, len(seeds)))
+            run_config=run_config(REFIT_FOLDER, experiment.path, len(seeds), stop=replica_stop(seconds, len(seeds), slots)))
     start = time.time()
     results, interrupted = fit(tuner)
     replicas = trial_rows(refit, results)

@@ -18,5 +18,12 @@ if __name__ == "__main__":
 
 from search.cli import main  # noqa: E402
 
+
+def console() -> int:
+    """The installed `n2n-search` command: this script, from any directory."""
+    private_network.isolate(str(Path(__file__).resolve()), sys.argv[1:])
+    return main()
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -16,7 +16,7 @@ from ray.tune.search import Searcher
 from ray.tune.search.basic_variant import BasicVariantGenerator
 from ray.tune.search.sample import Categorical, Domain, Float
 
-from .spaces import space_of
+from .spaces import space_of, start_point
 from .tune_internals import sampling_of
 
 STEP = "training_iteration"  # one tune.report = one epoch, the unit ASHA counts in
@@ -42,8 +42,14 @@ def optuna_space(param_space: dict) -> tuple[dict[str, BaseDistribution], dict]:
 def tpe_sampler(seed: int | None) -> optuna.samplers.TPESampler:
     """Seeded TPE. Constant liar: trials still running count as bad results, so proposals made while
     they run go elsewhere. Multivariate: the knobs act together (lr with loss, width, batch size), and
-    it is Optuna 5's default for one objective; pinned, as Optuna 4 (pyproject allows it) samples each alone."""
-    return optuna.samplers.TPESampler(seed=seed, constant_liar=True, multivariate=True)
+    it is Optuna 5's default for one objective; pinned, as Optuna 4 (pyproject allows it) samples each alone.
+    STARTUP random proposals first."""
+    return optuna.samplers.TPESampler(seed=seed, constant_liar=True, multivariate=True, n_startup_trials=STARTUP)
+
+
+#: Random proposals before TPE models the results (Optuna's default is 10): a search of a few minutes
+#: tries 15-25 configurations, and the first of them is the report's setting (spaces.start_point).
+STARTUP = 5
 
 
 class TPESearch(Searcher):
@@ -64,8 +70,9 @@ class TPESearch(Searcher):
     and random stream. `study` is the Optuna study, to read."""
 
     def __init__(self, metric: str | None = None, mode: str | None = None, *, epochs: int | None = None,
-                 proposals: int | None = None, seed: int | None = None, log=print):
+                 proposals: int | None = None, seed: int | None = None, start: tuple[dict, ...] = (), log=print):
         super().__init__(metric=metric, mode=mode)
+        self._start = tuple(start)      # configurations (knob values) proposed first, in this order
         self._epochs = epochs           # a trial that reports fewer was stopped early; None: none is
         self._proposals_left = proposals  # None: as many as Tune asks for
         self._seed = seed
@@ -94,6 +101,8 @@ class TPESearch(Searcher):
             self._distributions, self._constants = optuna_space(config)
             self._study = optuna.create_study(direction="maximize" if self._mode == "max" else "minimize",
                                               sampler=tpe_sampler(self._seed))
+            for point in self._start:  # Optuna's own queue: asked first, then TPE learns from them
+                self._study.enqueue_trial({k: v for k, v in point.items() if k in self._distributions})
         return True
 
     def suggest(self, trial_id: str):
@@ -177,8 +186,9 @@ def make_searcher(experiment, slots: int, log=print):
         # metric, mode and the space come from the Tuner (set_search_properties);
         # TuneConfig.max_concurrent_trials limits how many it proposes at once
         return TPESearch(epochs=experiment.epochs, proposals=experiment.num_samples, seed=experiment.search_seed,
-                         log=log)
+                         start=(start_point(space.params),), log=log)
     if experiment.searcher == "grid":
         return BasicVariantGenerator(points_to_evaluate=[dict(c) for c in space.cells],
                                      max_concurrent=slots, random_state=experiment.search_seed)
-    return BasicVariantGenerator(max_concurrent=slots, random_state=experiment.search_seed)
+    return BasicVariantGenerator(points_to_evaluate=[start_point(space.params)], max_concurrent=slots,
+                                 random_state=experiment.search_seed)

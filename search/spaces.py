@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 
 from ray import tune
 
-from n2n_models.config import HPARAM_KEYS, SEARCHED_LOSSES
+from n2n_models.config import HPARAM_KEYS, KNOB, SEARCHED_LOSSES
+from n2n_models.models import MODELS
 
 LOSSES = list(SEARCHED_LOSSES)  # the losses every search space tries
 
@@ -29,6 +31,27 @@ class Space:
         """Keys with a continuous distribution (which a grid cannot enumerate)."""
         return [k for k, v in self.params.items()
                 if isinstance(v, tune.search.sample.Float)]
+
+
+def start_point(params: dict) -> dict:
+    """The report's own setting in a search space's terms: every searched knob at its default
+    (n2n_models.config: lr 5e-4, L2, no batch norm, no dropout, weight decay 0, batch 32, the model's
+    own width), a number brought into the domain's range, a choice left out when the default is not
+    among its options. Searches train it first, so they start from what the report found by hand."""
+    model = params.get("model")
+    start = {}
+    for key, domain in params.items():
+        if not isinstance(domain, tune.search.sample.Domain) or key not in KNOB:
+            continue
+        default = KNOB[key].default
+        if default is None and isinstance(model, str) and model in MODELS:  # the model's own default
+            parameter = inspect.signature(MODELS[model].__init__).parameters.get(key)
+            default = None if parameter is None else parameter.default
+        if isinstance(domain, tune.search.sample.Float) and default is not None:
+            start[key] = min(max(float(default), domain.lower), domain.upper)
+        elif isinstance(domain, tune.search.sample.Categorical) and default in domain.categories:
+            start[key] = default
+    return start
 
 
 def _cells(*rows: dict) -> tuple:

@@ -140,8 +140,10 @@ def _run(experiment: Experiment, resume: bool, address: str | None) -> int:
     return status
 
 
-#: The share of a --time-budget kept for the refit when there is one, and the least time worth one.
-REFIT_SHARE, MIN_REFIT_SECONDS = 0.25, 30
+#: The share of a --time-budget kept for the refit when there is one, and the least time worth one:
+#: the refit trains the winner to its plateau, about 4-5 minutes of one core for TNet on the quick
+#: budget's data (docs/search-quality.md), so at 9 minutes it gets 60%.
+REFIT_SHARE, MIN_REFIT_SECONDS = 0.6, 30
 
 
 def search_seconds(experiment: Experiment) -> float | None:

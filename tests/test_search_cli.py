@@ -262,6 +262,23 @@ def test_searches_refit_by_default_grids_never(tmp_path):
     assert parse(["--refit-seeds", "4", "--budget", "smoke", *storage])[0].refit_seeds == 4
     assert parse(["--space", "lr-grid", *storage])[0].refit_seeds == 0
     assert parse(["--space", "lr-grid", "--no-refit", *storage])[0].refit_seeds == 0  # true of grids anyway
+    # searches run for the budget's minutes unless told otherwise; grids and --configs run to their end
+    from search.budgets import BUDGETS
+    from search.refit import OPEN_EPOCHS, refit_experiment
+
+    quick = parse(storage)[0]
+    assert BUDGETS["quick"].minutes and quick.time_budget_min == BUDGETS["quick"].minutes
+    assert parse(["--budget", "smoke", *storage])[0].time_budget_min is None
+    grid = parse(["--space", "lr-grid", *storage])[0]
+    assert grid.time_budget_min is None
+    assert (grid.train_size, grid.epochs) == (BUDGETS["quick"].grid_train_size, BUDGETS["quick"].grid_epochs)
+    assert (quick.train_size, quick.epochs) == (BUDGETS["quick"].train_size, BUDGETS["quick"].epochs)
+    config = {"model": "tnet", "lr": 1e-3, "loss": "l2", "batchnorm": False, "dropout": 0.0, "width": 32,
+              "batch_size": 32}
+    # the refit trains until the time is spent, under a time budget; else the search's epochs
+    assert refit_experiment(quick, config).epochs == OPEN_EPOCHS > quick.epochs
+    paper = parse(["--budget", "paper", *storage])[0]
+    assert paper.time_budget_min is None and refit_experiment(paper, config).epochs == paper.epochs
     experiment = parse(["--time-budget", "30", *storage])[0]
     assert experiment.time_budget_min == 30.0
     from search.tuning import REFIT_SHARE, search_seconds

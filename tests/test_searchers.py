@@ -197,3 +197,26 @@ def test_after_ctrl_c_and_resume_optuna_holds_every_epoch_of_every_trial_once(lo
     for lr, history in histories.items():
         assert told[lr].state == TrialState.COMPLETE and told[lr].value == history["best_val_psnr"].iloc[-1]
         assert told[lr].intermediate_values == dict(zip(history["training_iteration"], history["best_val_psnr"]))
+
+
+def test_searches_start_from_the_reports_setting():
+    """The first proposal of TPE (and of random search) is the report's own setting, in the space's
+    terms; TPE then goes on from there, and the start counts as one of the proposals."""
+    from search.spaces import SPACES, start_point
+
+    with open(os.path.join(os.path.dirname(__file__), "..", "docs", "reproduction", "report-tnet.json")) as f:
+        report = json.load(f)
+    start = start_point(SPACES["tnet"].params)
+    # the report's TNet, with weight decay (0 there) at the least the space allows
+    assert {k: v for k, v in start.items() if k != "weight_decay"} == {
+        k: report[k] for k in ("lr", "batchnorm", "loss", "dropout", "width", "batch_size")}
+    assert start["weight_decay"] == SPACES["tnet"].params["weight_decay"].lower
+    # a knob whose default is not among the space's choices is left to the sampler
+    assert "width" not in start_point({"model": "tnet", "width": tune.choice([8, 16])})
+
+    searcher = tpe(start=(start_point(SPACE),), proposals=3)
+    first = searcher.suggest("t1")
+    assert (first["lr"], first["dropout"], first["loss"]) == (5e-4, 0.0, "l2") and first["model"] == "tnet"
+    run_trial(searcher, "t1", first)
+    assert searcher.suggest("t2")["lr"] != 5e-4  # then TPE's own proposals
+    assert searcher.suggest("t3") is not None and searcher.suggest("t4") == TPESearch.FINISHED
