@@ -51,10 +51,12 @@ def _log(message: str) -> None:
 def _experiment_line(exp: ExperimentData) -> str:
     s = exp.spec
     return (f"Space `{s.get('space')}`, {s.get('searcher')} searcher + {s.get('scheduler')} scheduler, budget "
-            f"`{s.get('budget')}`: {s.get('num_samples')} configurations × {s.get('seeds')} seed{'s' if s.get('seeds') != 1 else ''}, up to "
+            f"`{s.get('budget')}`: {'up to ' if s.get('time_budget_min') else ''}{s.get('num_samples')} configurations × {s.get('seeds')} seed{'s' if s.get('seeds') != 1 else ''}, up to "
             f"{s.get('epochs')} epochs, {s.get('train_size')} training pairs, {s.get('val_size')} validation "
             f"and {s.get('val_size')} test images of `{s.get('data')}` data with `{s.get('noise')}` noise "
-            f"(data seed {s.get('data_seed', 0)}).")
+            f"(data seed {s.get('data_seed', 0)})."
+            + (f" Time budget {s['time_budget_min']:g} minutes, the refit included: the search stopped proposing "
+               f"configurations when its share ran out." if s.get("time_budget_min") and s.get("space") != "refit" else ""))
 
 
 def _splits_line(exp: ExperimentData) -> str:

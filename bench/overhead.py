@@ -126,7 +126,7 @@ def main(argv=None):
     train_size, epochs = args.train_size or budget.train_size, args.epochs or budget.epochs
     data_args = dict(data=args.data, noise="pixelate", train_size=train_size, val_size=budget.val_size, seed=0)
     load_pairs(**data_args)  # generate and cache the data now: the search then reads it back
-    cli = ["--space", args.space, "--budget", args.budget, "--num-samples", str(args.num_samples),
+    cli = ["--space", args.space, "--budget", args.budget, "--num-samples", str(args.num_samples), "--no-time-budget",
            "--train-size", str(train_size), "--epochs", str(epochs), "--data", args.data,
            "--storage", storage, "--name", "overhead"]
     print(f"search: python search/run.py {' '.join(cli)}", flush=True)

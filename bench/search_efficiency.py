@@ -67,7 +67,7 @@ def asha(first_rung_divisor: int, reduction_factor: int):
     """A make_scheduler for search.tuning: ASHA with its first rung at epochs / first_rung_divisor."""
     from ray.tune.schedulers import ASHAScheduler
 
-    def make_scheduler(kind, epochs):
+    def make_scheduler(kind, epochs, seconds=None):  # the bench's searches have no time budget
         return ASHAScheduler(time_attr="training_iteration", max_t=epochs,
                              grace_period=max(1, epochs // first_rung_divisor),
                              reduction_factor=reduction_factor)
@@ -107,7 +107,7 @@ def main(argv=None):
     os.makedirs(storage, exist_ok=True)
     load_pairs(args.data, "pixelate", train_size=args.train_size, val_size=args.val_size, seed=0)  # cache it
     search.ray_session.connect(None)  # one Ray for all runs: its start-up is in no run's wall time
-    common = ["--epochs", str(args.epochs), "--train-size", str(args.train_size), "--val-size", str(args.val_size),
+    common = ["--no-time-budget", "--epochs", str(args.epochs), "--train-size", str(args.train_size), "--val-size", str(args.val_size),
               "--data", args.data, "--seeds", "1", "--search-seed", str(args.search_seed), "--storage", storage]
     tpe = ["--space", "bench-choice", "--searcher", "optuna", "--scheduler", "asha"]
     runs = [  # label, flags, replacements of search.tuning's functions for that run

@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop the search after this many minutes, the refit included (trials still running "
                         "are stopped; their checkpoints count); the search takes 40%%, the refit trains the best "
                         "configuration for the rest (default for searches: the budget's, 9 for quick)")
+    p.add_argument("--no-time-budget", action="store_true",
+                   help="run every --num-samples configuration to its end, however long that takes")
     p.add_argument("--data", default="photos", help="photos (built in), synthetic, folder:DIR or epfl:DIR")
     p.add_argument("--noise", default="pixelate",
                    help="pixelate, gaussian:SIGMA, poisson:LAMBDA, impulse:P, bernoulli:P or text")
@@ -119,6 +121,8 @@ def parse(argv: list[str] | None = None) -> tuple[Experiment, argparse.Namespace
     if searcher == "grid" and not space.is_grid:
         raise UsageError(f"--searcher grid needs a discrete space, but {space.name!r} has continuous "
                          f"parameters ({', '.join(space.continuous_keys())}); use optuna or random")
+    if args.time_budget and args.no_time_budget:
+        raise UsageError("--time-budget and --no-time-budget: give one or the other")
     if space.is_grid and args.refit_seeds:
         raise UsageError("--refit-seeds applies to searches; grids and --configs have no refit")
     refit_seeds = 0 if space.is_grid or args.no_refit else (args.refit_seeds or budget.refit_seeds)
@@ -146,7 +150,8 @@ def parse(argv: list[str] | None = None) -> tuple[Experiment, argparse.Namespace
         data=data, noise=args.noise, data_seed=args.data_seed, search_seed=args.search_seed,
         cpus_per_trial=args.cpus_per_trial, gpus_per_trial=gpus, max_concurrent=args.max_concurrent,
         storage=storage, name=name, fused={"auto": None, "on": True, "off": False}[args.fused], configs=configs,
-        refit_seeds=refit_seeds, time_budget_min=args.time_budget or (None if space.is_grid else budget.minutes),
+        refit_seeds=refit_seeds, time_budget_min=None if args.no_time_budget or (space.is_grid and not args.time_budget)
+        else (args.time_budget or budget.minutes),
     )
     return experiment, args
 

@@ -48,7 +48,8 @@ def print_summary(experiment, results, seconds: float, top: int = 10, interrupte
     print(f"\nSearch {experiment.name} {'interrupted after' if interrupted else 'done in'} {seconds / 60:.1f} min: {len(df)} trials "
           f"({', '.join(f'{v} {k}' for k, v in counts.items())})", file=out)
     repeats = experiment.num_samples - len(df)
-    if experiment.searcher == "optuna" and repeats > 0 and not interrupted:
+    # under --time-budget, fewer trials than samples means the time ran out, not that TPE repeated itself
+    if experiment.searcher == "optuna" and repeats > 0 and not interrupted and experiment.time_budget_min is None:
         print(f"{experiment.num_samples} proposals: {repeats} repeated a configuration already tried and "
               f"reused its result instead of training it again", file=out)
     # errored and diverged trials are listed by the report, never taken as a best result

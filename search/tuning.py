@@ -96,10 +96,14 @@ def _run(experiment: Experiment, resume: bool, address: str | None) -> int:
     connect(address)
     cpus, gpus, slots = trial_resources(experiment, joined=address is not None)
     trainable = make_trainable(data, cpus=cpus, gpus=gpus, yardsticks=yardsticks)
+    seconds = search_seconds(experiment)
+    within = "" if seconds is None else (
+        f", for {seconds / 60:.1f} of the {experiment.time_budget_min:g} minutes of --time-budget"
+        + (" (the refit has the rest)" if experiment.refit_seeds else ""))
     log(f"{'resuming' if resume else 'starting'} {experiment.path}: space {experiment.space}, "
-        f"{experiment.searcher} + {experiment.scheduler}, {experiment.num_samples} configurations x "
-        f"{experiment.seeds} seeds, {experiment.epochs} epochs; {slots} trials at a time "
-        f"({cpus:g} CPU, {gpus:g} GPU each)")
+        f"{experiment.searcher} + {experiment.scheduler}, {'up to ' if seconds else ''}{experiment.num_samples} "
+        f"configurations x {experiment.seeds} seeds, {'at most ' if seconds else ''}{experiment.epochs} epochs"
+        f"{within}; {slots} trials at a time ({cpus:g} CPU, {gpus:g} GPU each)")
     if resume:
         record_provenance(experiment)
         write_yardsticks(f"{experiment.path}/{YARDSTICKS_FILE}", yardsticks)
@@ -108,7 +112,7 @@ def _run(experiment: Experiment, resume: bool, address: str | None) -> int:
         experiment.save()
         record_provenance(experiment)
         write_yardsticks(f"{experiment.path}/{YARDSTICKS_FILE}", yardsticks)
-        scheduler = make_scheduler(experiment.scheduler, experiment.epochs)
+        scheduler = make_scheduler(experiment.scheduler, experiment.epochs, seconds)
         tuner = tune.Tuner(
             trainable,
             param_space=param_space(experiment),
@@ -118,7 +122,7 @@ def _run(experiment: Experiment, resume: bool, address: str | None) -> int:
                 # Searchers take the limit here; Tune's own generators (grid, random) take it themselves
                 max_concurrent_trials=slots if experiment.searcher == "optuna" else None, reuse_actors=True,
                 trial_name_creator=trial_name, trial_dirname_creator=trial_name,
-                time_budget_s=search_seconds(experiment),
+                time_budget_s=seconds,
             ),
             run_config=run_config(experiment.name, experiment.storage, experiment.num_samples,
                                   callbacks=scheduler_callbacks(scheduler)),

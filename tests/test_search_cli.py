@@ -47,6 +47,7 @@ BAD_USAGE = {
     "refit of a grid": (["--space", "lr-grid", "--refit-seeds", "3"], "grids and --configs have no refit"),
     "negative time budget": (["--time-budget", "-5"], "--time-budget"),
     "time budget not a number": (["--time-budget", "soon"], "--time-budget"),
+    "time budget and none": (["--time-budget", "5", "--no-time-budget"], "--no-time-budget"),
 }
 
 # --configs FILE: what the file holds -> expected words of the error
@@ -269,6 +270,7 @@ def test_searches_refit_by_default_grids_never(tmp_path):
     quick = parse(storage)[0]
     assert BUDGETS["quick"].minutes and quick.time_budget_min == BUDGETS["quick"].minutes
     assert parse(["--budget", "smoke", *storage])[0].time_budget_min is None
+    assert parse(["--no-time-budget", *storage])[0].time_budget_min is None
     grid = parse(["--space", "lr-grid", *storage])[0]
     assert grid.time_budget_min is None
     assert (grid.train_size, grid.epochs) == (BUDGETS["quick"].grid_train_size, BUDGETS["quick"].grid_epochs)

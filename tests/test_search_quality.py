@@ -50,9 +50,7 @@ def test_no_choice_reads_the_test_split_and_the_refit_gives_the_exported_model(l
 
     first = _folder(tmp_path / "photos", np.random.default_rng(0))
     other = _folder(tmp_path / "other-test", np.random.default_rng(0), test_rng=np.random.default_rng(99))
-    # a time budget (72 s): the search takes 40%, the refit trains the winner for what is left;
-    # the search's own 4 short trials end long before its 29 s
-    assert main(["--data", f"folder:{first}", *SMALL, "--refit-seeds", "2", "--time-budget", "1.2",
+    assert main(["--data", f"folder:{first}", *SMALL, "--refit-seeds", "2",
                  "--storage", str(tmp_path / "runs"), "--name", "a"]) == 0
     out_a = capsys.readouterr().out
     assert main(["--data", f"folder:{other}", *SMALL, "--no-refit",
@@ -73,8 +71,7 @@ def test_no_choice_reads_the_test_split_and_the_refit_gives_the_exported_model(l
     best_classical = yardsticks["methods"][yardsticks["best"]]["test_psnr"]
     assert best_classical > yardsticks["noisy_test_psnr"]  # gaussian:25 on smooth images
 
-    # the refit: the best configuration again, with fresh seeds, for longer than the search's trials
-    # (until its replica's share of the time budget ended: one slot, so the two train one after the other)
+    # the refit: the best configuration again, with fresh seeds, for the search's full epochs
     refit = tmp_path / "runs" / "a" / "refit"
     replicas = sorted(refit.glob("trial_*"))
     assert len(replicas) == 2
@@ -82,7 +79,7 @@ def test_no_choice_reads_the_test_split_and_the_refit_gives_the_exported_model(l
     for d in replicas:
         params = json.loads((d / "params.json").read_text())
         assert (params["lr"], params["width"], params["loss"]) == (best_row["lr"], best_row["width"], best_row["loss"])
-        assert params["seeds"] == 1 and len(pd.read_csv(d / "progress.csv")) > 2
+        assert params["seeds"] == 1 and len(pd.read_csv(d / "progress.csv")) == 2
     assert sorted(json.loads((d / "params.json").read_text())["seed"] for d in replicas) == [1, 2]
     assert "Refit done" in out_a and "the refit" in out_a.split("Refit done")[1]
 
@@ -90,10 +87,25 @@ def test_no_choice_reads_the_test_split_and_the_refit_gives_the_exported_model(l
     assert report_main([str(tmp_path / "runs" / "a"), "--samples", "2"]) == 0
     report = (tmp_path / "runs" / "a" / "report" / "report.md").read_text()
     assert "Splits: by file" in report and "Test images: noisy input" in report and "the refit" in report
-    assert "(until the time budget ended)" in report
     model = torch.load(tmp_path / "runs" / "a" / "report" / "best_model.pt", weights_only=True)
     assert model["seed"] in (1, 2) and model["checkpoint"].startswith("trial_")
     assert model["test_psnr"] == model["test_psnr"]  # recorded, not NaN
+
+
+def test_under_a_time_budget_the_refit_trains_the_winner_for_the_time_the_search_left(local_ray, tmp_path):
+    """--time-budget: the search takes 40% (two short trials end long before), the refit's replicas
+    train the winner until the time is spent, each its share (one slot: one after the other)."""
+    from analysis.report import main as report_main
+    from search.cli import main
+
+    assert main(["--data", "synthetic", *SMALL[:-6], "--num-samples", "2", "--max-concurrent", "1",
+                 "--refit-seeds", "2", "--time-budget", "1.0", "--storage", str(tmp_path), "--name", "t"]) == 0
+    replicas = sorted((tmp_path / "t" / "refit").glob("trial_*"))
+    assert len(replicas) == 2
+    for d in replicas:  # beyond the search's 2 epochs, both of them
+        assert len(pd.read_csv(d / "progress.csv")) > 2
+    assert report_main([str(tmp_path / "t"), "--samples", "2"]) == 0
+    assert "(until the time budget ended)" in (tmp_path / "t" / "report" / "report.md").read_text()
 
 
 def _decisions(experiment) -> list[tuple]:
@@ -124,7 +136,7 @@ def test_an_interrupted_and_resumed_search_trains_the_same_trials_to_the_same_ep
     from search.cli import main
 
     args = ["--space", "tnet", "--data", "synthetic", "--train-size", "96", "--val-size", "16", "--epochs", "4",
-            "--seeds", "1", "--num-samples", "5", "--max-concurrent", "1", "--scheduler", "asha",
+            "--seeds", "1", "--num-samples", "5", "--max-concurrent", "1", "--scheduler", "asha", "--no-time-budget",
             "--searcher", "optuna", "--search-seed", "1", "--no-refit", "--storage", str(tmp_path)]
     assert main([*args, "--name", "whole"]) == 0
     whole = _decisions(tmp_path / "whole")

@@ -20,7 +20,7 @@ from ray import tune
 from search.cli import main
 from search.searchers import TPESearch, optuna_space
 
-SMALL = ["--data", "synthetic", "--train-size", "128", "--val-size", "32", "--seeds", "1", "--no-refit"]
+SMALL = ["--budget", "smoke", "--data", "synthetic", "--train-size", "128", "--val-size", "32", "--seeds", "1", "--no-refit"]
 SPACE = {"model": "tnet", "lr": tune.loguniform(1e-4, 1e-2), "dropout": tune.uniform(0.0, 0.3),
          "loss": tune.choice(["l2", "l1"]), "width": tune.choice([8, 16]), "batch_size": 32,
          "epochs": 3, "seeds": 1, "fused": "auto"}
