@@ -24,6 +24,7 @@ import sys
 SWITCH = "N2N_PRIVATE_NETWORK"          # set to 0 to run Ray on the host's network
 INSIDE = "N2N_PRIVATE_NETWORK_ACTIVE"   # set in the re-executed process
 UNSHARE = ["--user", "--map-root-user", "--net"]
+NO_ROUTABLE_PROBE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # ray._private.ray_constants.ENABLE_RAY_CLUSTER
 
 
 def wanted(argv: list[str]) -> bool:
@@ -54,6 +55,12 @@ def reexec(script: str, argv: list[str]):
     """Replace this process by `python script argv...` inside a new user + network namespace."""
     exe = shutil.which("unshare")
     os.environ[INSIDE] = "1"
+    # Inside, loopback is the only interface, and the node's address is 127.0.0.1. Ray on Linux would
+    # look for a routable address first (its C++ probe of 8.8.8.8:53, which fails here and prints
+    # "Failed to determine local IP via external connectivity" on every start); this switch, which
+    # Ray reads when imported, makes it take the loopback address at once. tests/test_private_network.py
+    # checks that the start prints neither that line nor any other Ray warning.
+    os.environ.setdefault(NO_ROUTABLE_PROBE, "0")
     sys.stdout.flush(), sys.stderr.flush()
     os.execv(exe, [exe, *UNSHARE, "--", sys.executable, script, *argv])
 

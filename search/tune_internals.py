@@ -17,6 +17,11 @@ What is relied on (ray 2.60), and why no public API does it:
 - `result.json` (one JSON object per line) and `progress.csv` in each trial folder, written by
   Tune's default JSON and CSV loggers: documented outputs, but their names are no public constant,
   and Tune appends a redone epoch instead of replacing it, with no option to change that.
+- Elsewhere, with their own tests: Ray's log texts "Token authentication is enabled" (on the logger
+  `ray._private.authentication.authentication_token_setup`, filtered in search/ray_session.py) and
+  the environment switch RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (search/private_network.py: inside the
+  private network a local Ray takes 127.0.0.1 without probing for a routable address);
+  tests/test_private_network.py fails when a normal start prints either notice again.
 - `ray.init(_node_ip_address="127.0.0.1")` (LOOPBACK_NODE): asks the local Ray to advertise
   loopback; the public equivalent exists only as `ray start --node-ip-address`. Ray 2.60 replaces a
   loopback address by the machine's routable one, so today it changes nothing (hence connect()'s

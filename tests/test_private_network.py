@@ -76,6 +76,9 @@ def test_local_ray_of_the_command_is_reachable_over_loopback_only(tmp_path):
         out, _ = proc.communicate(timeout=300)
         assert proc.returncode == 0, out[-2000:]
         assert "reachable over loopback only" in out
+        # a normal start prints no warning of Ray's (issue 22): not the address probe, not the token notice
+        for line in ("Failed to determine local IP", "Token authentication is enabled", "WARNING"):
+            assert line not in out, f"{line!r} printed: {out[:1500]}"
     finally:
         if proc.poll() is None:
             proc.kill()
