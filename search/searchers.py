@@ -3,6 +3,7 @@ as pruned, never retraining a configuration it already tried), random sampling, 
 from __future__ import annotations
 
 import math
+import os
 import pickle
 
 import optuna
@@ -15,6 +16,8 @@ from optuna.trial import FrozenTrial, TrialState
 from ray.tune.search import Searcher
 from ray.tune.search.basic_variant import BasicVariantGenerator
 from ray.tune.search.sample import Categorical, Domain, Float
+
+from analysis.experiment_file import OPTUNA_STUDY_FILE
 
 from .spaces import space_of, start_point
 from .tune_internals import sampling_of
@@ -173,6 +176,34 @@ class TPESearch(Searcher):
     def restore(self, checkpoint_path: str):
         with open(checkpoint_path, "rb") as f:
             self.__dict__.update(pickle.load(f))
+
+
+def write_study(experiment_path: str, name: str) -> str | None:
+    """Write the Optuna study that Tune saved with the experiment (its searcher state) to Optuna's
+    journal file in the experiment folder, so that `optuna.load_study` and optuna-dashboard read it;
+    rewritten whole each time (a resumed search adds to the same study). Returns its path, or None
+    for remote storage (the journal is a local file) or a search without a saved TPE state."""
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    if "://" in experiment_path:
+        return None
+    searcher = TPESearch()
+    try:
+        searcher.restore_from_dir(experiment_path)
+    except (RuntimeError, FileNotFoundError, OSError):
+        return None
+    if searcher.study is None:
+        return None
+    path = os.path.join(experiment_path, OPTUNA_STUDY_FILE)
+    temporary = path + ".tmp"
+    if os.path.exists(temporary):
+        os.remove(temporary)
+    study = optuna.create_study(storage=JournalStorage(JournalFileBackend(temporary)), study_name=name,
+                                directions=searcher.study.directions)
+    study.add_trials(searcher.study.trials)
+    os.replace(temporary, path)  # a reader never sees half a study
+    return path
 
 
 def _describe(params: dict) -> str:

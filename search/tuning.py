@@ -17,7 +17,7 @@ from .experiment_folder import experiment_exists, interrupted_hint, resolve_resu
 from .fitting import fit, run_config, trial_name
 from .progress import log
 from .ray_session import check_reachable, connect, trial_resources
-from .searchers import make_searcher
+from .searchers import make_searcher, write_study
 from .spaces import space_of
 from .refit import refit_experiment, run_refit
 from .schedulers import make_scheduler, scheduler_callbacks
@@ -130,6 +130,10 @@ def _run(experiment: Experiment, resume: bool, address: str | None) -> int:
     start = time.time()
     results, interrupted = fit(tuner)
     config = print_summary(experiment, results, time.time() - start, interrupted=interrupted, yardsticks=yardsticks)
+    study = write_study(experiment.path, experiment.name) if experiment.searcher == "optuna" else None
+    if study:
+        log(f"Optuna study {experiment.name!r} kept in {study} (Optuna's journal file: optuna.load_study, "
+            f"optuna-dashboard)")
     status = 130 if interrupted else 0
     if not interrupted and experiment.refit_seeds and config is not None:
         left = None if experiment.time_budget_min is None else experiment.time_budget_min * 60 - (time.time() - began)

@@ -165,6 +165,18 @@ def test_trials_asha_stops_reach_optuna_as_pruned_with_every_epoch_they_ran(loca
             assert t.state == TrialState.COMPLETE and t.value == history[-1], (lr, history)
     assert not [t for t in told.values() if t.state == TrialState.COMPLETE and len(t.intermediate_values) < 4]
 
+    # the study is kept in the experiment folder as Optuna's journal file: optuna.load_study reads it
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    from analysis.experiment_file import OPTUNA_STUDY_FILE
+
+    loaded = optuna.load_study(study_name="asha", storage=JournalStorage(
+        JournalFileBackend(str(tmp_path / "asha" / OPTUNA_STUDY_FILE)))).trials
+    assert [(t.params, t.state, t.intermediate_values, t.value) for t in loaded] == [
+        (t.params, t.state, t.intermediate_values, t.value) for t in searcher.study.trials]
+    assert {t.state for t in loaded} == {TrialState.PRUNED, TrialState.COMPLETE}
+
 
 @pytest.mark.slow
 def test_after_ctrl_c_and_resume_optuna_holds_every_epoch_of_every_trial_once(local_ray, tmp_path, space):
