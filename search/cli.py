@@ -150,8 +150,8 @@ def parse(argv: list[str] | None = None) -> tuple[Experiment, argparse.Namespace
         data=data, noise=args.noise, data_seed=args.data_seed, search_seed=args.search_seed,
         cpus_per_trial=args.cpus_per_trial, gpus_per_trial=gpus, max_concurrent=args.max_concurrent,
         storage=storage, name=name, fused={"auto": None, "on": True, "off": False}[args.fused], configs=configs,
-        refit_seeds=refit_seeds, time_budget_min=None if args.no_time_budget or (space.is_grid and not args.time_budget)
-        else (args.time_budget or budget.minutes),
+        refit_seeds=refit_seeds,
+        time_budget_min=None if args.no_time_budget else args.time_budget or (None if space.is_grid else budget.minutes),
     )
     return experiment, args
 

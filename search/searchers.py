@@ -19,6 +19,7 @@ from ray.tune.search.sample import Categorical, Domain, Float
 
 from analysis.experiment_file import OPTUNA_STUDY_FILE
 
+from .experiment import is_uri
 from .spaces import space_of, start_point
 from .tune_internals import sampling_of
 
@@ -186,7 +187,7 @@ def write_study(experiment_path: str, name: str) -> str | None:
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
-    if "://" in experiment_path:
+    if is_uri(experiment_path):
         return None
     searcher = TPESearch()
     try:
