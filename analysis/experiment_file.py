@@ -2,10 +2,13 @@
 experiment file (the experiment's description, search.experiment -> analysis.load), the yardsticks
 file (the noisy input's and the classical denoisers' test PSNR, n2n_models.classical) and the
 refit's folder (the best configuration trained again, an experiment folder of its own,
-search.refit) and the Optuna study of a TPE search (Optuna's journal file, study named as the
-experiment, search.searchers.write_study). Imports nothing."""
+search.refit), the Optuna study of a TPE search (Optuna's journal file, study named as the
+experiment, search.searchers.write_study) and the report's folder with the exported best model
+(analysis.report, search.api). Imports nothing."""
 
 EXPERIMENT_FILE = "n2n_experiment.json"
 YARDSTICKS_FILE = "yardsticks.json"
 REFIT_FOLDER = "refit"
 OPTUNA_STUDY_FILE = "optuna_study.log"
+REPORT_FOLDER = "report"
+BEST_MODEL_FILE = "best_model.pt"

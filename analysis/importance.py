@@ -1,15 +1,17 @@
-"""Hyperparameter importance of a search with Optuna's evaluators: the finished trials become an
-Optuna study (`create_trial` with their distributions, value = best seed-mean validation PSNR)."""
+"""Hyperparameter importance of a search with Optuna's fANOVA evaluator, seeded (the same report
+twice gives the same figures): the finished trials become an Optuna study (`create_trial` with
+their distributions, value = best seed-mean validation PSNR)."""
 from __future__ import annotations
 
 import math
 import warnings
 
+from n2n_models.config import KNOB
+
 from .load import ExperimentData
 
 MIN_TRIALS = 4
-LOG_SCALE = {"lr"}
-CONTINUOUS = {"lr", "dropout"}
+SEED = 0  # fANOVA's random forest
 USED_STATUSES = ("finished", "stopped early")  # ASHA-stopped trials count, with their best value before the stop
 
 
@@ -20,9 +22,11 @@ class Skip(Exception):
 def _distribution(key: str, values: list):
     from optuna.distributions import CategoricalDistribution, FloatDistribution
 
-    if key in CONTINUOUS and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+    knob = KNOB.get(key)
+    if knob is not None and knob.kind is float and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                       for v in values):
         low, high = float(min(values)), float(max(values))
-        return FloatDistribution(low, high, log=key in LOG_SCALE and low > 0)
+        return FloatDistribution(low, high, log=knob.log_scale and low > 0)
     return CategoricalDistribution(sorted(set(values), key=str))
 
 
@@ -38,7 +42,7 @@ def param_importances(exp: ExperimentData) -> tuple[dict, str, int]:
     if not keys:
         raise Skip("no hyperparameter varies across the trials with a result")
     import optuna
-    from optuna.importance import FanovaImportanceEvaluator, PedAnovaImportanceEvaluator, get_param_importances
+    from optuna.importance import FanovaImportanceEvaluator, get_param_importances
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     plain = {k: [v.item() if hasattr(v, "item") else v for v in trials[k]] for k in keys}
@@ -47,13 +51,9 @@ def param_importances(exp: ExperimentData) -> tuple[dict, str, int]:
     for i, value in enumerate(trials["best_psnr_mean"]):
         params = {k: plain[k][i] for k in keys}
         study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions, value=float(value)))
-    try:
-        import sklearn  # noqa: F401 - fANOVA, Optuna's default evaluator, needs scikit-learn
-        evaluator, name = FanovaImportanceEvaluator(seed=0), "fANOVA"
-    except ImportError:
-        evaluator, name = PedAnovaImportanceEvaluator(), "PED-ANOVA"
+    evaluator, name = FanovaImportanceEvaluator(seed=SEED), "fANOVA"  # needs scikit-learn (a dependency)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # PED-ANOVA is marked experimental
+        warnings.simplefilter("ignore")
         try:
             importances = get_param_importances(study, evaluator=evaluator)
         except Exception as e:  # noqa: BLE001 - an evaluator failing on a tiny study is a note, not a crash

@@ -16,12 +16,13 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the project importable without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from analysis.experiment_file import REFIT_FOLDER, YARDSTICKS_FILE  # noqa: E402
+from analysis.experiment_file import BEST_MODEL_FILE, REFIT_FOLDER, REPORT_FOLDER, YARDSTICKS_FILE  # noqa: E402
 from analysis.load import STATUSES, ExperimentData, ExperimentError, load_experiment  # noqa: E402
 from analysis.provenance import provenance_md, provenance_notes  # noqa: E402
 from analysis.tables import PSNR_DECIMALS, Table, fmt_hparam, importance_table, main_tables, mean_pm_std  # noqa: E402
 from n2n_models.classical import read_yardsticks, yardstick_line  # noqa: E402
 from n2n_models.config import shown_knobs  # noqa: E402
+from n2n_models.provenance import version_line  # noqa: E402
 
 MD_ROWS = 25  # longest search table shown in report.md (all rows are in the .csv/.tex)
 
@@ -38,6 +39,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="analysis/report.py", description="Write the report of an experiment folder made by "
                 "search/run.py: tables (.md, .csv, .tex), figures (.png) and best_model.pt.")
+    p.add_argument("--version", action="version", version=version_line())
     p.add_argument("experiment", metavar="EXPERIMENT_DIR", help="<storage>/<name> of a search")
     p.add_argument("--out", help="report folder (default: EXPERIMENT_DIR/report)")
     p.add_argument("--samples", type=int, default=32, help="noisy copies per SmoothGrad image (default 32)")
@@ -56,7 +58,9 @@ def _experiment_line(exp: ExperimentData) -> str:
             f"and {s.get('val_size')} test images of `{s.get('data')}` data with `{s.get('noise')}` noise "
             f"(data seed {s.get('data_seed', 0)})."
             + (f" Time budget {s['time_budget_min']:g} minutes, the refit included: the search stopped proposing "
-               f"configurations when its share ran out." if s.get("time_budget_min") and s.get("space") != "refit" else ""))
+               f"configurations when its share ran out." if s.get("time_budget_min") and s.get("space") != "refit" else "")
+            + (f" Every trial trained on {'clean images (Noise2Clean)' if s['target'] == 'clean' else 'noisy pairs (Noise2Noise)'}"
+               " (--target)." if s.get("target") else ""))
 
 
 def _splits_line(exp: ExperimentData) -> str:
@@ -93,7 +97,8 @@ def _table_md(table: Table, title: str) -> list[str]:
     return lines
 
 
-TITLES = {"table1_lr": "Table 1: learning rate", "table2_models": "Table 2: models", "search": "Search results"}
+TITLES = {"table1_lr": "Table 1: learning rate", "table2_models": "Table 2: models", "search": "Search results",
+          "n2n_vs_n2c": "Noise2Noise against Noise2Clean"}
 
 
 def _shown_path(path: Path) -> str:
@@ -195,8 +200,8 @@ def _write_report(exp: ExperimentData, out: Path, stage: Path, samples: int) -> 
     if best is None:
         md += ["No trial has a checkpoint with a finite validation PSNR: nothing to export.", ""]
     else:
-        info = export_best(source, best, stage / "best_model.pt")
-        model, _ = load_model(stage / "best_model.pt")
+        info = export_best(source, best, stage / BEST_MODEL_FILE)
+        model, _ = load_model(stage / BEST_MODEL_FILE)
         shown = shown_knobs(info["config"])  # not, e.g., latent for TNet
         hp = ", ".join(f"{k} {fmt_hparam(k, v)}" for k, v in shown.items() if v is not None)
         spread = f" ± {best.config_psnr_std:.2f}" if best.config_psnr_std == best.config_psnr_std else ""
@@ -272,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.samples < 1:
             raise UsageError(f"--samples {args.samples}: must be at least 1")
         exp = load_experiment(args.experiment)
-        out = Path(args.out).expanduser().resolve() if args.out else exp.path / "report"
+        out = Path(args.out).expanduser().resolve() if args.out else exp.path / REPORT_FOLDER
         if out.exists() and not out.is_dir():
             raise UsageError(f"--out {out} exists and is not a folder")
         try:
@@ -297,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         shown = table.display.head(MD_ROWS)
         print(f"\n{TITLES.get(table.name, table.name)}\n{shown.to_string(index=False)}")
     print(f"\nReport: {out / 'report.md'}")
-    if (out / "best_model.pt").exists():
+    if (out / BEST_MODEL_FILE).exists():
         print(f"Best model: {out / 'best_model.pt'} (python -m n2n_models.denoise --model "
               f"{out / 'best_model.pt'} IMAGE... --out DIR)")
     return 0

@@ -176,18 +176,16 @@ def configs_table(exp: ExperimentData) -> Table:
     trials = trials.drop(columns="_order")
     keys = [k for k in exp.hparam_columns() if k == "label" or k in exp.varying_hparams()]
     data = _grid_data(trials, keys)
-    final = exp.seeds[exp.seeds["epoch"] == exp.seeds["trial_id"].map(trials["final_epoch"])]
-    per_seed = final.pivot_table(index="seed", columns="trial_id", values="psnr") if not final.empty else pd.DataFrame()
+    per_seed = final_per_seed(exp, trials, "psnr")
     first = trials.index[0]
     diff_mean, diff_std, n_paired, beyond = [], [], [], []
     for trial_id in trials.index:
-        if trial_id == first or per_seed.empty or trial_id not in per_seed or first not in per_seed:
+        if trial_id == first:
             diff_mean.append(float("nan")), diff_std.append(float("nan")), n_paired.append(0), beyond.append(None)
             continue
-        d = (per_seed[trial_id] - per_seed[first]).dropna()
-        spread = max(float(trials.loc[trial_id, "final_psnr_std"]), float(trials.loc[first, "final_psnr_std"]))
-        diff_mean.append(float(d.mean())), diff_std.append(float(d.std()) if len(d) > 1 else float("nan"))
-        n_paired.append(len(d)), beyond.append(bool(abs(d.mean()) > spread) if _finite(spread) else None)
+        paired = paired_difference(per_seed, trials, trial_id, first)
+        diff_mean.append(paired.mean), diff_std.append(paired.std), n_paired.append(paired.seeds)
+        beyond.append(paired.beyond)
     data["diff_mean"], data["diff_std"], data["paired_seeds"], data["beyond_seed_spread"] = \
         diff_mean, diff_std, n_paired, beyond
     display = pd.DataFrame({_HEADS.get(k, k): [fmt_hparam(k, v) for v in data[k]] for k in keys})
@@ -204,6 +202,83 @@ def configs_table(exp: ExperimentData) -> Table:
                f"(the larger std of the two).")
     names = {t: f"{label} (trial {t})" for t, label in zip(trials.index, trials["label"])}
     return Table("configs", caption, data.reset_index(drop=True), display, _remarks(trials, names))
+
+
+def final_per_seed(exp: ExperimentData, trials: pd.DataFrame, value: str) -> pd.DataFrame:
+    """`value` ("psnr": validation, "test_psnr", "loss") of every seed at its trial's final epoch:
+    one row per seed, one column per trial."""
+    final = exp.seeds[exp.seeds["epoch"] == exp.seeds["trial_id"].map(trials["final_epoch"])]
+    return final.pivot_table(index="seed", columns="trial_id", values=value) if not final.empty else pd.DataFrame()
+
+
+@dataclass
+class Paired:
+    """The per-seed difference of two configurations (same seed: same initialisation and data
+    order): its mean and std over the seeds both trained, and whether its size exceeds the seed
+    spread (the larger of the two configurations' stds; None when unknown)."""
+
+    mean: float = float("nan")
+    std: float = float("nan")
+    seeds: int = 0
+    beyond: bool | None = None
+
+
+def paired_difference(per_seed: pd.DataFrame, trials: pd.DataFrame, trial_id, base_id,
+                      spread_column: str = "final_psnr_std") -> Paired:
+    """`trial_id` minus `base_id` over the seeds both have in `per_seed` (final_per_seed)."""
+    if per_seed.empty or trial_id not in per_seed or base_id not in per_seed:
+        return Paired()
+    d = (per_seed[trial_id] - per_seed[base_id]).dropna()
+    if d.empty:
+        return Paired()
+    spread = max(float(trials.loc[trial_id, spread_column]), float(trials.loc[base_id, spread_column]))
+    return Paired(float(d.mean()), float(d.std()) if len(d) > 1 else float("nan"), len(d),
+                  bool(abs(d.mean()) > spread) if _finite(spread) else None)
+
+
+def n2n_vs_n2c_table(exp: ExperimentData) -> Table:
+    """Noise2Noise against Noise2Clean (space n2n-vs-n2c, or any grid with both targets): per model,
+    each target's final-epoch PSNR (mean ± std over seeds) and the paired difference N2N − N2C over
+    the seeds both trained, on validation and on the test images, with whether it exceeds the seed
+    spread."""
+    trials = exp.trials
+    rows, display = [], []
+    for model in dict.fromkeys(trials["model"]):  # in the grid's order
+        of_model = trials[trials["model"] == model]
+        by_target = {t: of_model.index[of_model["target"] == t] for t in ("noisy", "clean")}
+        if any(len(ids) != 1 for ids in by_target.values()):
+            continue
+        n2n, n2c = by_target["noisy"][0], by_target["clean"][0]
+        row = {"model": model, "params": trials.loc[n2n, "params"] if "params" in trials else float("nan")}
+        cells = {"Model": _MODEL_NAMES.get(model, model)}
+        for split, value, spread in (("val", "psnr", "final_psnr_std"), ("test", "test_psnr", "final_test_std")):
+            mean_col = "final_psnr_mean" if split == "val" else "final_test_mean"
+            paired = paired_difference(final_per_seed(exp, trials, value), trials, n2n, n2c, spread)
+            row.update({f"{split}_n2n_mean": trials.loc[n2n, mean_col], f"{split}_n2n_std": trials.loc[n2n, spread],
+                        f"{split}_n2c_mean": trials.loc[n2c, mean_col], f"{split}_n2c_std": trials.loc[n2c, spread],
+                        f"{split}_diff_mean": paired.mean, f"{split}_diff_std": paired.std,
+                        f"{split}_beyond_seed_spread": paired.beyond})
+            row["paired_seeds"] = paired.seeds
+            name = "Validation" if split == "val" else "Test"
+            cells[f"{name} N2N (dB)"] = mean_pm_std(trials.loc[n2n, mean_col], trials.loc[n2n, spread], PSNR_DECIMALS)
+            cells[f"{name} N2C (dB)"] = mean_pm_std(trials.loc[n2c, mean_col], trials.loc[n2c, spread], PSNR_DECIMALS)
+            cells[f"{name} N2N − N2C (dB)"] = mean_pm_std(paired.mean, paired.std, PSNR_DECIMALS)
+            cells[f"{name} Δ > seed spread"] = "—" if paired.beyond is None else _yes_no(paired.beyond)
+        for trial_id in (n2n, n2c):
+            if trials.loc[trial_id, "status"] != "finished":
+                cells["Model"] += f" ({trials.loc[trial_id, 'target']}: {trials.loc[trial_id, 'status']})"
+        rows.append(row), display.append(cells)
+    data = pd.DataFrame(rows)
+    caption = (f"Noise2Noise (N2N: noisy targets) against Noise2Clean (N2C: clean targets), the same inputs, "
+               f"batches and initialisations: PSNR after the last epoch, average ± standard deviation over "
+               f"{_seed_text(_grid_data(trials, []))}; N2N − N2C is the paired difference over the same seeds "
+               "(mean ± std of the per-seed differences), and whether its size exceeds the seed spread (the "
+               "larger std of the two). The Noise2Noise paper finds the gap within 0.1 dB at convergence.")
+    names = {t: f"{label} (trial {t})" for t, label in zip(trials.index, trials["label"])}
+    return Table("n2n_vs_n2c", caption, data, pd.DataFrame(display), _remarks(trials, names))
+
+
+_MODEL_NAMES = {"tnet": "TNet", "unet": "UNet", "basenet": "BaseNet"}
 
 
 def fmt_hparam(key: str, value) -> str:
@@ -276,4 +351,6 @@ def main_tables(exp: ExperimentData) -> list[Table]:
         return [models_table(exp)]
     if space == "configs":
         return [configs_table(exp)]
+    if space == "n2n-vs-n2c":
+        return [n2n_vs_n2c_table(exp)]
     return [search_table(exp)]

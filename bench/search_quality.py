@@ -4,6 +4,7 @@
   - random search + ASHA,
   - TPE + ASHA,
   - TPE + ASHA + refit (the default),
+  - Population Based Training (a population of one member per trial slot, the whole time),
 
 each given the same `--time-budget` minutes, each search run with `--search-seeds` seeds; printed as
 mean ± std over the seeds, beside the noisy input and the best classical denoiser on the same test
@@ -46,6 +47,7 @@ METHODS = {  # name: (flags, whether it depends on the search seed)
     "random + ASHA": (["--searcher", "random", "--scheduler", "asha", "--no-refit"], True),
     "TPE + ASHA": (["--searcher", "optuna", "--scheduler", "asha", "--no-refit"], True),
     "TPE + ASHA + refit": (["--searcher", "optuna", "--scheduler", "asha"], True),
+    "PBT": (["--searcher", "random", "--scheduler", "pbt"], True),
 }
 
 

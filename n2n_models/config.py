@@ -14,6 +14,9 @@ from typing import Callable
 
 from .losses import LOSSES, get_loss
 
+#: Training targets: Noise2Noise (the pair's other noisy copy) and Noise2Clean (the clean image).
+TARGETS = ("noisy", "clean")
+
 #: Which knobs each model's constructor takes (build_model(name, **hparams)); the models' names.
 MODEL_HPARAMS = {"tnet": ("width", "batchnorm", "dropout"), "unet": ("width", "batchnorm", "dropout"),
                  "basenet": ("latent",)}
@@ -35,6 +38,7 @@ class Knob:
     choices: tuple = ()
     nullable: bool = False
     show: Callable[[object], str] = str  # a value as tables write it
+    log_scale: bool = False  # a number whose effect goes with its order of magnitude (spaces search it log-uniformly)
 
     @property
     def models(self) -> tuple[str, ...]:
@@ -54,8 +58,9 @@ def _yes_no(value) -> str:
 KNOBS = (
     Knob("label", str, None, "Label", "a string", nullable=True),
     Knob("model", str, "tnet", "Model", choices=tuple(MODEL_HPARAMS)),
-    Knob("lr", float, 5e-4, "LR", "a number in (0, 10)", lambda v: 0 < v < 10, show=_scientific),
-    Knob("weight_decay", float, 0.0, "Weight decay", "a number in [0, 1)", lambda v: 0 <= v < 1, show=_scientific),
+    Knob("lr", float, 5e-4, "LR", "a number in (0, 10)", lambda v: 0 < v < 10, show=_scientific, log_scale=True),
+    Knob("weight_decay", float, 0.0, "Weight decay", "a number in [0, 1)", lambda v: 0 <= v < 1, show=_scientific,
+         log_scale=True),
     Knob("loss", str, "l2", "Loss", choices=LOSSES, show=lambda v: str(v).upper()),
     Knob("batchnorm", bool, False, "BN", "true or false", show=_yes_no),
     Knob("dropout", float, 0.0, "Dropout", "a number in [0, 1)", lambda v: 0 <= v < 1, show=lambda v: f"{float(v):.3f}"),
@@ -63,6 +68,9 @@ KNOBS = (
          nullable=True),
     Knob("latent", int, 8, "Latent", "a positive integer", lambda v: v >= 1),
     Knob("batch_size", int, 32, "Batch", "an integer >= 2", lambda v: v >= 2),
+    # what the loss compares the output with: the pair's second noisy copy (Noise2Noise) or the
+    # clean image (Noise2Clean, for data made from clean images); the same batches either way
+    Knob("target", str, "noisy", "Target", choices=TARGETS),
 )
 KNOB = {k.name: k for k in KNOBS}
 HPARAM_KEYS = tuple(KNOB)
@@ -89,12 +97,15 @@ class TrainSpec:
     loss: str = TRIAL_DEFAULTS["loss"]
     seeds: tuple = (0,)
     amp: bool = TRIAL_DEFAULTS["amp"]
+    target: str = TRIAL_DEFAULTS["target"]  # what train_epoch's second argument holds: noisy copies or clean images
 
     def __post_init__(self):
         self.seeds = tuple(int(s) for s in self.seeds)
         if not self.seeds:
             raise ValueError("a TrainSpec needs at least one seed")
         get_loss(self.loss)  # fail early on an unknown loss
+        if self.target not in TARGETS:
+            raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {self.target!r}")
 
 
 def show_value(name: str, value) -> str:
@@ -143,9 +154,16 @@ def _is_training_knob(knob: Knob) -> bool:
     return not knob.models and knob.name not in ("label", "model")
 
 
+def is_training_knob(name: str) -> bool:
+    """Whether `name` is a knob of the optimisation (lr, loss, batch size, ...): one that may change
+    between epochs of a trial without changing the network's weights' shapes."""
+    return name in KNOB and _is_training_knob(KNOB[name])
+
+
 def training_knobs(config: dict) -> dict:
     """The training knobs of a trial config and its epochs, as written into an exported model."""
-    return {**{k.name: config.get(k.name) for k in KNOBS if _is_training_knob(k)}, "epochs": config.get("epochs")}
+    return {**{k.name: config.get(k.name, k.default) for k in KNOBS if _is_training_knob(k)},
+            "epochs": config.get("epochs")}
 
 
 def spec_from_config(config: dict) -> TrainSpec:
@@ -172,6 +190,14 @@ def check_config(entry, where: str) -> dict:
     for knob in KNOBS:
         config[knob.name] = _checked(knob, config[knob.name], where)
     return config
+
+
+def check_value(name: str, value, where: str):
+    """One knob's value, checked and cast as check_config does; ConfigError (prefixed by `where`)
+    when it is not a value the knob takes."""
+    if name not in KNOB:
+        raise ConfigError(f"{where}: unknown key {name}; allowed: {', '.join(KNOB)}")
+    return _checked(KNOB[name], value, where)
 
 
 def _checked(knob: Knob, value, where: str):

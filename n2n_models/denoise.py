@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .export import ModelFileError, load_model, read_model_file
+from .provenance import version_line
 
 MULTIPLE = 32  # the networks pool down by 32; BaseNet takes exactly 32x32
 FIXED_SIZE = {"basenet"}  # models that only take 32x32 inputs
@@ -143,6 +144,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m n2n_models.denoise",
                 description="Denoise PNG/JPEG images with a model exported by analysis/report.py.")
+    p.add_argument("--version", action="version", version=version_line())
     p.add_argument("--model", required=True, help="best_model.pt written by analysis/report.py")
     p.add_argument("images", nargs="*", metavar="IMAGE", help="PNG or JPEG files, any size")
     p.add_argument("--out", help="folder for the denoised PNGs (created if missing)")

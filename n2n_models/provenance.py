@@ -74,6 +74,14 @@ def _version(package: str) -> str | None:
         return None
 
 
+def version_line() -> str:
+    """What `--version` prints: this project's version and the libraries its results depend on
+    (from the installed packages' metadata: nothing heavy is imported)."""
+    libraries = ", ".join(f"{label} {_version(name) or 'not installed'}"
+                          for label, name in (("torch", "torch"), ("Ray", "ray"), ("Optuna", "optuna")))
+    return f"{PACKAGE} {_version(PACKAGE) or '(not installed: run from a checkout)'} ({libraries}; Python {platform.python_version()})"
+
+
 def _git(*args: str) -> str | None:
     try:
         done = subprocess.run(["git", *args], cwd=PROJECT_DIR, capture_output=True, text=True, timeout=20,

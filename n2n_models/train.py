@@ -23,6 +23,7 @@ from . import build_model
 from .allocator import keep_freed_memory
 from .config import TrainSpec
 from .cuda_graphs import GRAPH_WARM_UP, GraphedStep
+from .data.specs import TRAIN_CLEAN
 from .fast_layers import speed_up
 from .fused import NotGroupable, from_groups, group_replicas, to_groups
 from .losses import PROGRESS_LOSSES, get_loss
@@ -31,7 +32,20 @@ from .reference import data_order
 
 # the names tests, benchmarks and the trainable import from here
 __all__ = ["GRAPH_WARM_UP", "NotGroupable", "ReplicaTrainer", "TrainSpec", "data_order", "eval_batch_size",
-           "fused_by_default", "group_replicas"]
+           "fused_by_default", "group_replicas", "training_target"]
+
+
+def training_target(spec: TrainSpec, data: dict) -> torch.Tensor:
+    """What the loss compares each output with, by name from `data` (the arrays of
+    n2n_models.data.Pairs): the pair's second noisy copy `train_b` (Noise2Noise) or, for
+    `spec.target == "clean"`, the clean image `train_clean` (Noise2Clean). The input, the batches
+    and their order, and the initial weights are the same either way."""
+    if spec.target != "clean":
+        return data["train_b"]
+    if data.get(TRAIN_CLEAN) is None:
+        raise ValueError("target clean needs the clean training images, and this data has none "
+                         "(epfl: data holds noisy pairs only)")
+    return data[TRAIN_CLEAN]
 
 
 def to_unit(x: torch.Tensor) -> torch.Tensor:
@@ -323,7 +337,10 @@ def _join_optimizer_state(net: nn.Module, opt: torch.optim.Optimizer, replicas: 
     """Load the states of the replicas `net` computes (`_split_optimizer_state`'s layout) into `opt`,
     each tensor in its parameter's device, dtype and memory layout."""
     names, params = _names_in_order(net, opt), dict(net.named_parameters())
-    settings = {key: v for key, v in replicas[0]["param_groups"][0].items() if key != "params"}
+    # lr and weight decay are the trial's configuration's (Population Based Training changes them
+    # between checkpoints); the rest of the optimiser's settings come with its state
+    settings = {key: v for key, v in replicas[0]["param_groups"][0].items()
+                if key not in ("params", "lr", "weight_decay")}
     state = {}
     for i, name in enumerate(names):
         if name not in replicas[0]["state"]:

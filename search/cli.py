@@ -8,15 +8,16 @@ import math
 import os
 import sys
 
-from n2n_models.config import ConfigError, check_config
+from n2n_models.config import TARGETS, ConfigError, check_config
+from n2n_models.provenance import version_line
 
 from .budgets import BUDGETS
 from .errors import SearchInterrupted, UsageError
 from .experiment import Experiment, is_uri
-from .spaces import SPACES, configs_space
+from .spaces import SPACES, configs_space, custom_space, possible_values
 
 SEARCHERS = ("optuna", "random", "grid")
-SCHEDULERS = ("asha", "fifo")
+SCHEDULERS = ("asha", "fifo", "pbt")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -54,14 +55,22 @@ def _non_negative_float(text: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="search/run.py", description="Hyperparameter search for Noise2Noise denoisers "
                 "(TNet, UNet, BaseNet) with Ray Tune, Optuna (TPE) and ASHA.")
+    p.add_argument("--version", action="version", version=version_line())
     p.add_argument("--space", help="search space (default tnet): " + ", ".join(
         f"{k} ({v.description})" for k, v in SPACES.items()))
     p.add_argument("--configs", action="append", metavar="FILE",
                    help="train exactly the configurations in this JSON file (an object or a list of objects "
                         "with keys label, model, lr, loss, batchnorm, dropout, width, latent, batch_size), each "
                         "with --seeds replicas; repeat the flag for more files. Replaces --space")
+    p.add_argument("--space-file", metavar="SPACE.yaml",
+                   help="search the space in this YAML file: one entry per knob, a constant or a distribution "
+                        "(loguniform, uniform, randint, choice, grid), e.g. lr: {loguniform: [1e-4, 3e-3]}; "
+                        "see docs/space-example.yaml. Replaces --space")
     p.add_argument("--searcher", help="optuna (TPE, default for searches), random, grid (default for grid spaces)")
-    p.add_argument("--scheduler", help="asha (default for searches) or fifo (default for grid spaces)")
+    p.add_argument("--scheduler", help="asha (default for searches), fifo (default for grid spaces) or pbt "
+                   "(Population Based Training: a population, one member per trial slot, trains for the whole "
+                   "time budget; the worse half regularly takes the better half's weights and perturbs lr, "
+                   "weight decay, loss and batch size)")
     p.add_argument("--budget", default="quick", help="; ".join(f"{k}: {v.description}" for k, v in BUDGETS.items()))
     p.add_argument("--num-samples", type=_positive_int, help="configurations to try (searches)")
     p.add_argument("--seeds", type=_positive_int, help="replicas per configuration (mean ± std reported)")
@@ -79,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "configuration for the rest (default for searches: the budget's, 9 for quick)")
     p.add_argument("--no-time-budget", action="store_true",
                    help="run every --num-samples configuration to its end, however long that takes")
+    p.add_argument("--target", choices=TARGETS,
+                   help="what the loss compares with: noisy (the pair's other noisy copy, Noise2Noise; the "
+                        "default) or clean (the clean image, Noise2Clean; not for epfl: data)")
     p.add_argument("--data", default="photos", help="photos (built in), synthetic, folder:DIR or epfl:DIR")
     p.add_argument("--noise", default="pixelate",
                    help="pixelate, gaussian:SIGMA, poisson:LAMBDA, impulse:P, bernoulli:P or text")
@@ -92,16 +104,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="experiment name (default: SPACE-DATE-TIME)")
     p.add_argument("--resume", action="store_true", help="continue STORAGE/NAME (default: the newest of the space)")
     p.add_argument("--address", help="join a running Ray cluster (e.g. auto); default: start a local Ray")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress lines while the search runs: only the summary at the end, warnings and errors")
     p.add_argument("--fused", choices=["auto", "on", "off"], default="auto",
                    help="train a trial's seeds as one batched computation (auto: on GPUs)")
     return p
 
 
-def parse(argv: list[str] | None = None) -> tuple[Experiment, argparse.Namespace]:
-    """Flags -> Experiment; raises UsageError for anything a user must fix."""
+def parse(argv: list[str] | None = None, space_spec: dict | None = None) -> tuple[Experiment, argparse.Namespace]:
+    """Flags -> Experiment; raises UsageError for anything a user must fix. `space_spec` (a checked
+    search.space_file spec, from Python) takes the place of --space-file."""
     args = build_parser().parse_args(argv)
-    if args.configs and args.space:
-        raise UsageError("--configs replaces --space; give one or the other")
+    if args.space_file:
+        if space_spec is not None:
+            raise UsageError("--space-file: the space is given already")
+        space_spec = _read_space_file(args.space_file)
+    if sum(map(bool, (args.configs, args.space, space_spec))) > 1:
+        raise UsageError("--configs, --space-file and --space each say what to train; give one of them")
     args.space = args.space or "tnet"
     if args.space not in SPACES:
         raise UsageError(f"unknown space {args.space!r}; choose one of {', '.join(SPACES)}")
@@ -109,15 +128,15 @@ def parse(argv: list[str] | None = None) -> tuple[Experiment, argparse.Namespace
         raise UsageError(f"unknown budget {args.budget!r}; choose one of {', '.join(BUDGETS)}")
     budget = BUDGETS[args.budget]
     configs = _read_configs(args.configs) if args.configs else None
-    space = configs_space(configs) if configs else SPACES[args.space]
-    searcher = args.searcher or ("grid" if space.is_grid else "optuna")
+    space = configs_space(configs) if configs else custom_space(space_spec) if space_spec else SPACES[args.space]
+    searcher = args.searcher or ("grid" if space.is_grid else "random" if args.scheduler == "pbt" else "optuna")
     scheduler = args.scheduler or ("fifo" if space.is_grid else "asha")
     if searcher not in SEARCHERS:
         raise UsageError(f"unknown searcher {searcher!r}; choose one of {', '.join(SEARCHERS)}")
     if scheduler not in SCHEDULERS:
         raise UsageError(f"unknown scheduler {scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
     if space.is_grid and searcher != "grid":
-        raise UsageError(f"space {space.name!r} is the report's fixed grid; run it with --searcher grid")
+        raise UsageError(f"space {space.name!r} is a fixed grid; run it with --searcher grid")
     if searcher == "grid" and not space.is_grid:
         raise UsageError(f"--searcher grid needs a discrete space, but {space.name!r} has continuous "
                          f"parameters ({', '.join(space.continuous_keys())}); use optuna or random")
@@ -125,15 +144,25 @@ def parse(argv: list[str] | None = None) -> tuple[Experiment, argparse.Namespace
         raise UsageError("--time-budget and --no-time-budget: give one or the other")
     if space.is_grid and args.refit_seeds:
         raise UsageError("--refit-seeds applies to searches; grids and --configs have no refit")
-    refit_seeds = 0 if space.is_grid or args.no_refit else (args.refit_seeds or budget.refit_seeds)
+    if scheduler == "pbt":
+        _check_pbt(space, searcher, args)
+    refit_seeds = 0 if space.is_grid or args.no_refit or scheduler == "pbt" else (args.refit_seeds or budget.refit_seeds)
     gpus = args.gpus_per_trial
     if gpus is not None and gpus > 1 and gpus != int(gpus):
         raise UsageError(f"--gpus-per-trial {gpus:g}: a share above 1 must be a whole number of GPUs")
+    if args.target and "target" in space.params:
+        raise UsageError(f"--target: {'the --configs files set' if configs else f'space {space.name!r} sets'} "
+                         "each configuration's target; leave --target out")
     _check_data(args.data, args.noise)
+    if args.data.strip().lower().startswith("epfl:") and "clean" in possible_values(
+            {**space.params, **({"target": args.target} if args.target else {})}, "target"):
+        raise UsageError("target clean needs clean training images, and epfl: data has none (its training file "
+                         "holds noisy pairs only); use --target noisy or data made from clean images")
     storage = args.storage if is_uri(args.storage) else os.path.abspath(os.path.expanduser(args.storage))
     if not is_uri(storage) and os.path.exists(storage) and not os.path.isdir(storage):
         raise UsageError(f"--storage {storage} is a file; give a folder (or an s3:// URI)")
-    name = args.name or f"{space.name}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    stem = os.path.splitext(os.path.basename(args.space_file))[0] if args.space_file else space.name
+    name = args.name or f"{stem}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     if "/" in name or name in (".", ".."):
         raise UsageError(f"--name {name!r} must be a plain folder name")
     data = args.data
@@ -142,7 +171,7 @@ def parse(argv: list[str] | None = None) -> tuple[Experiment, argparse.Namespace
         data = f"{kind}:{os.path.abspath(os.path.expanduser(folder))}"
     experiment = Experiment(
         space=space.name, searcher=searcher, scheduler=scheduler, budget=_budget_text(args),
-        num_samples=len(space.cells) if space.is_grid else (args.num_samples or budget.num_samples),
+        num_samples=len(space.cells) if space.is_grid else (args.num_samples or (0 if scheduler == "pbt" else budget.num_samples)),
         seeds=args.seeds or space.seeds or budget.seeds,
         epochs=args.epochs or (space.is_grid and budget.grid_epochs) or budget.epochs,
         train_size=args.train_size or (space.is_grid and budget.grid_train_size) or budget.train_size,
@@ -152,8 +181,26 @@ def parse(argv: list[str] | None = None) -> tuple[Experiment, argparse.Namespace
         storage=storage, name=name, fused={"auto": None, "on": True, "off": False}[args.fused], configs=configs,
         refit_seeds=refit_seeds,
         time_budget_min=None if args.no_time_budget else args.time_budget or (None if space.is_grid else budget.minutes),
+        target=args.target, space_spec=space_spec,
     )
     return experiment, args
+
+
+def _check_pbt(space, searcher: str, args) -> None:
+    """Population Based Training needs a search space with training knobs to perturb, members drawn
+    at random (TPE proposes configurations to train from scratch) and no refit (the population is
+    trained to the end)."""
+    from .spaces import population_space
+
+    if space.is_grid:
+        raise UsageError(f"--scheduler pbt trains a population over a search space; {space.name!r} is a fixed grid")
+    if searcher != "random":
+        raise UsageError("--scheduler pbt draws its population at random: use --searcher random (its default)")
+    if args.refit_seeds:
+        raise UsageError("--scheduler pbt trains its population to the end: it has no refit (leave --refit-seeds out)")
+    if not population_space(space.params)[1]:
+        raise UsageError(f"--scheduler pbt perturbs training knobs (lr, weight_decay, loss, batch_size), and space "
+                         f"{space.name!r} searches none of them")
 
 
 def _budget_text(args) -> str:
@@ -162,6 +209,15 @@ def _budget_text(args) -> str:
              "train_size": "--train-size", "val_size": "--val-size"}
     given = [flag for key, flag in flags.items() if getattr(args, key) is not None]
     return f"{args.budget} (with {', '.join(given)})" if given else args.budget
+
+
+def _read_space_file(path: str) -> dict:
+    from .space_file import SpaceError, read_space_file
+
+    try:
+        return read_space_file(path)
+    except SpaceError as e:
+        raise UsageError(str(e)) from None
 
 
 def _read_configs(paths: list[str]) -> list[dict]:
@@ -208,8 +264,10 @@ def _check_data(data: str, noise: str):
 def main(argv: list[str] | None = None) -> int:
     try:
         experiment, args = parse(argv)
-        from .tuning import run_experiment  # here to keep --help and usage errors fast; tuning never imports cli
+        from .progress import set_quiet  # here to keep --help and usage errors fast (they import Ray)
+        from .tuning import run_experiment  # tuning never imports cli
 
+        set_quiet(args.quiet)
         return run_experiment(experiment, resume=args.resume, name_given=args.name is not None,
                               address=args.address)
     except UsageError as e:

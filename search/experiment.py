@@ -34,6 +34,8 @@ class Experiment:
     configs: list | None = None  # --configs: the exact configurations, each complete
     refit_seeds: int = 0  # replicas of the best configuration trained after a search (0: no refit)
     time_budget_min: float | None = None  # --time-budget: minutes for the search and its refit
+    space_spec: dict | None = None  # --space-file or Python: the checked spec (search.space_file)
+    target: str | None = None  # --target: every trial's training target (None: the space's, else noisy)
 
     @property
     def path(self) -> str:

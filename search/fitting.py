@@ -17,13 +17,16 @@ def trial_name(trial) -> str:
 
 
 def run_config(name: str, storage_path: str, trials: int, callbacks: list = (),
-               stop: dict | None = None) -> tune.RunConfig:
+               stop: dict | None = None, keep_all: bool = False) -> tune.RunConfig:
     """Where a Tuner writes, and how it keeps checkpoints, retries trials and reports progress;
-    `callbacks` are added to the progress lines, `stop` is Tune's per-trial stopping condition."""
+    `callbacks` are added to the progress lines, `stop` is Tune's per-trial stopping condition.
+    A trial keeps its two best checkpoints by validation PSNR, or, with `keep_all`, every one
+    (Population Based Training starts a member from another's checkpoint, which then counts as
+    the first member's too: Tune's pruning would delete files the other member still needs)."""
     return tune.RunConfig(
         name=name, storage_path=storage_path, stop=stop,
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="val_psnr",
-                                                checkpoint_score_order="max"),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=None if keep_all else 2,
+                                                checkpoint_score_attribute="val_psnr", checkpoint_score_order="max"),
         failure_config=tune.FailureConfig(max_failures=2),
         sync_config=tune.SyncConfig(sync_artifacts=True),
         callbacks=[ProgressLog(trials, log), *callbacks],

@@ -7,9 +7,19 @@ import time
 from ray import tune
 
 
+#: --quiet: no progress lines (the summary, warnings and errors are still shown)
+_quiet = False
+
+
+def set_quiet(quiet: bool) -> None:
+    global _quiet
+    _quiet = bool(quiet)
+
+
 def log(message: str):
     """One line of what the search is doing, marked as the search's among Ray's own output."""
-    print(f"[n2n-search] {message}", flush=True)
+    if not _quiet:
+        print(f"[n2n-search] {message}", flush=True)
 
 
 class ProgressLog(tune.Callback):

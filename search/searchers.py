@@ -11,11 +11,12 @@ from optuna.distributions import (
     BaseDistribution,
     CategoricalDistribution,
     FloatDistribution,
+    IntDistribution,
 )
 from optuna.trial import FrozenTrial, TrialState
 from ray.tune.search import Searcher
 from ray.tune.search.basic_variant import BasicVariantGenerator
-from ray.tune.search.sample import Categorical, Domain, Float
+from ray.tune.search.sample import Categorical, Domain, Float, Integer
 
 from analysis.experiment_file import OPTUNA_STUDY_FILE
 
@@ -28,17 +29,19 @@ STEP = "training_iteration"  # one tune.report = one epoch, the unit ASHA counts
 
 def optuna_space(param_space: dict) -> tuple[dict[str, BaseDistribution], dict]:
     """A Tune param_space as Optuna distributions (tune.uniform / tune.loguniform -> FloatDistribution,
-    tune.choice -> CategoricalDistribution) and the constants every trial gets unchanged."""
+    tune.randint -> IntDistribution, tune.choice -> CategoricalDistribution) and the constants every trial gets unchanged."""
     distributions, constants = {}, {}
     for key, value in param_space.items():
         if not isinstance(value, Domain):
             constants[key] = value
         elif isinstance(value, Float) and sampling_of(value) in ("uniform", "log"):
             distributions[key] = FloatDistribution(value.lower, value.upper, log=sampling_of(value) == "log")
+        elif isinstance(value, Integer) and sampling_of(value) == "uniform":
+            distributions[key] = IntDistribution(value.lower, value.upper - 1)  # tune.randint excludes its upper end
         elif isinstance(value, Categorical) and sampling_of(value) == "uniform":
             distributions[key] = CategoricalDistribution(value.categories)
         else:
-            raise ValueError(f"the optuna searcher takes tune.uniform, tune.loguniform and tune.choice; "
+            raise ValueError(f"the optuna searcher takes tune.uniform, tune.loguniform, tune.randint and tune.choice; "
                              f"{key!r} is {value!r}: change it in search/spaces.py or use --searcher random")
     return distributions, constants
 

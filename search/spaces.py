@@ -6,7 +6,7 @@ import inspect
 
 from ray import tune
 
-from n2n_models.config import HPARAM_KEYS, KNOB, SEARCHED_LOSSES
+from n2n_models.config import HPARAM_KEYS, KNOB, SEARCHED_LOSSES, TARGETS, is_training_knob
 from n2n_models.models import MODELS
 
 LOSSES = list(SEARCHED_LOSSES)  # the losses every search space tries
@@ -49,9 +49,35 @@ def start_point(params: dict) -> dict:
             default = None if parameter is None else parameter.default
         if isinstance(domain, tune.search.sample.Float) and default is not None:
             start[key] = min(max(float(default), domain.lower), domain.upper)
+        elif isinstance(domain, tune.search.sample.Integer) and default is not None:
+            start[key] = min(max(int(default), domain.lower), domain.upper - 1)  # randint excludes its upper end
         elif isinstance(domain, tune.search.sample.Categorical) and default in domain.categories:
             start[key] = default
     return start
+
+
+def population_space(params: dict) -> tuple[dict, dict]:
+    """A search space as Population Based Training trains it: (param_space, mutations). The
+    network's knobs (model, width, batch norm, dropout, ...) are fixed at the report's setting
+    (start_point), since members exchange weights; the training knobs the space searches (lr,
+    weight decay, loss, batch size) are each member's first draw and what PBT changes later."""
+    start = start_point(params)
+    fixed = {k: start[k] for k, v in params.items()
+             if isinstance(v, tune.search.sample.Domain) and not is_training_knob(k) and k in start}
+    mutations = {k: list(v.categories) if isinstance(v, tune.search.sample.Categorical) else v  # PBT shifts along a list
+                 for k, v in params.items() if isinstance(v, tune.search.sample.Domain) and is_training_knob(k)}
+    return {**params, **fixed}, mutations
+
+
+def possible_values(params: dict, key: str) -> set:
+    """Every value a trial of this param_space may give `key`: a constant's, a choice's or a grid's
+    options, or the knob's default when the space leaves the key out."""
+    value = params.get(key, KNOB[key].default if key in KNOB else None)
+    if isinstance(value, tune.search.sample.Categorical):
+        return set(value.categories)
+    if isinstance(value, dict) and "grid_search" in value:
+        return set(value["grid_search"])
+    return {value}
 
 
 def _cells(*rows: dict) -> tuple:
@@ -98,6 +124,18 @@ SPACES = {
         ),
         seeds=5,
     ),
+    "n2n-vs-n2c": Space(
+        "n2n-vs-n2c", "Noise2Noise against Noise2Clean: TNet and UNet at the report's setting, trained on "
+        "noisy and on clean targets, 5 seeds",
+        {"model": tune.choice(["tnet", "unet"]), "lr": tune.choice([5e-4, 1e-3]), "loss": "l2", "batchnorm": False,
+         "batch_size": 32, "target": tune.choice(list(TARGETS)),
+         "label": tune.choice(["TNet N2N", "TNet N2C", "UNet N2N", "UNet N2C"])},
+        cells=_cells(*({"label": f"{label} {'N2N' if target == 'noisy' else 'N2C'}", "model": model, "lr": lr,
+                        "target": target}
+                       for label, model, lr in (("TNet", "tnet", 5e-4), ("UNet", "unet", 1e-3))
+                       for target in TARGETS)),
+        seeds=5,
+    ),
 }
 
 
@@ -109,8 +147,18 @@ def configs_space(configs: list[dict]) -> Space:
                  cells=tuple({k: c[k] for k in HPARAM_KEYS} for c in configs))
 
 
+def custom_space(spec: dict) -> Space:
+    """The Space of a checked spec from --space-file or Python (search.space_file)."""
+    from .space_file import CUSTOM, describe, to_params
+
+    params, cells = to_params(spec)
+    return Space(CUSTOM, describe(spec), params, cells=cells)
+
+
 def space_of(experiment) -> Space:
-    """The Space an experiment runs: a named one, or its --configs."""
+    """The Space an experiment runs: a named one, its --configs, or its --space-file (or Python) spec."""
     if experiment.configs:
         return configs_space(experiment.configs)
+    if experiment.space_spec:
+        return custom_space(experiment.space_spec)
     return SPACES[experiment.space]

@@ -2,6 +2,7 @@
 and print the summary."""
 from __future__ import annotations
 
+import dataclasses
 import time
 
 from ray import tune
@@ -18,8 +19,8 @@ from .fitting import fit, run_config, trial_name
 from .progress import log
 from .ray_session import check_reachable, connect, trial_resources
 from .searchers import make_searcher, write_study
-from .spaces import space_of
-from .refit import refit_experiment, run_refit
+from .spaces import population_space, possible_values, space_of
+from .refit import OPEN_EPOCHS, refit_experiment, run_refit
 from .schedulers import make_scheduler, scheduler_callbacks
 from .summary import print_summary
 from .tune_internals import quiet_trials_without_results
@@ -29,12 +30,23 @@ METRIC, MODE = "best_val_psnr", "max"
 
 def param_space(experiment: Experiment) -> dict:
     space = space_of(experiment)
-    constants = {"epochs": experiment.epochs, "seeds": experiment.seeds, "fused": experiment.fused}
-    return {**space.params, **constants}
+    params = population_space(space.params)[0] if experiment.scheduler == "pbt" else space.params
+    constants = {"epochs": trial_epochs(experiment), "seeds": experiment.seeds, "fused": experiment.fused}
+    if experiment.target:
+        constants["target"] = experiment.target
+    return {**params, **constants}
+
+
+def trial_epochs(experiment: Experiment) -> int:
+    """A trial's epochs: the experiment's, or, for a population (PBT) under a time budget, as many as
+    the time allows: its members train until the budget ends."""
+    if experiment.scheduler == "pbt" and experiment.time_budget_min is not None:
+        return OPEN_EPOCHS
+    return experiment.epochs
 
 
 def load_data(experiment: Experiment) -> dict:
-    from n2n_models.data import DataError, load_pairs
+    from n2n_models.data import TRAIN_CLEAN, DataError, load_pairs
 
     start = time.time()
     try:
@@ -45,7 +57,10 @@ def load_data(experiment: Experiment) -> dict:
     log(f"data: {experiment.data} + {experiment.noise}, {experiment.train_size} pairs, "
         f"{experiment.val_size} validation and {len(pairs.test_noisy)} test images "
         f"({time.time() - start:.1f} s)")
-    return {k: t.numpy() for k, t in pairs.arrays().items()}
+    arrays = pairs.arrays()
+    if "clean" in possible_values(param_space(experiment), "target"):  # only then: they take memory
+        arrays[TRAIN_CLEAN] = pairs.train_clean
+    return {k: t.numpy() for k, t in arrays.items()}
 
 
 def measure_yardsticks(experiment: Experiment, data: dict) -> dict:
@@ -96,14 +111,21 @@ def _run(experiment: Experiment, resume: bool, address: str | None) -> int:
     connect(address)
     cpus, gpus, slots = trial_resources(experiment, joined=address is not None)
     trainable = make_trainable(data, cpus=cpus, gpus=gpus, yardsticks=yardsticks)
+    if experiment.scheduler == "pbt" and not experiment.num_samples:  # a member per trial slot
+        experiment = dataclasses.replace(experiment, num_samples=slots)
     seconds = search_seconds(experiment)
     within = "" if seconds is None else (
         f", for {seconds / 60:.1f} of the {experiment.time_budget_min:g} minutes of --time-budget"
         + (" (the refit has the rest)" if experiment.refit_seeds else ""))
+    if experiment.scheduler == "pbt":
+        what = (f"a population of {experiment.num_samples} x {experiment.seeds} seeds, "
+                + ("training until the time budget ends" if seconds else f"{experiment.epochs} epochs"))
+    else:
+        what = (f"{'up to ' if seconds else ''}{experiment.num_samples} configurations x {experiment.seeds} seeds, "
+                f"{'at most ' if seconds else ''}{experiment.epochs} epochs")
     log(f"{'resuming' if resume else 'starting'} {experiment.path}: space {experiment.space}, "
-        f"{experiment.searcher} + {experiment.scheduler}, {'up to ' if seconds else ''}{experiment.num_samples} "
-        f"configurations x {experiment.seeds} seeds, {'at most ' if seconds else ''}{experiment.epochs} epochs"
-        f"{within}; {slots} trials at a time ({cpus:g} CPU, {gpus:g} GPU each)")
+        f"{experiment.searcher} + {experiment.scheduler}, {what}{within}; {slots} trials at a time "
+        f"({cpus:g} CPU, {gpus:g} GPU each)")
     if resume:
         record_provenance(experiment)
         write_yardsticks(f"{experiment.path}/{YARDSTICKS_FILE}", yardsticks)
@@ -112,7 +134,8 @@ def _run(experiment: Experiment, resume: bool, address: str | None) -> int:
         experiment.save()
         record_provenance(experiment)
         write_yardsticks(f"{experiment.path}/{YARDSTICKS_FILE}", yardsticks)
-        scheduler = make_scheduler(experiment.scheduler, experiment.epochs, seconds)
+        mutations = population_space(space_of(experiment).params)[1] if experiment.scheduler == "pbt" else None
+        scheduler = make_scheduler(experiment.scheduler, experiment.epochs, seconds, mutations, experiment.search_seed)
         tuner = tune.Tuner(
             trainable,
             param_space=param_space(experiment),
@@ -125,7 +148,7 @@ def _run(experiment: Experiment, resume: bool, address: str | None) -> int:
                 time_budget_s=seconds,
             ),
             run_config=run_config(experiment.name, experiment.storage, experiment.num_samples,
-                                  callbacks=scheduler_callbacks(scheduler)),
+                                  callbacks=scheduler_callbacks(scheduler), keep_all=experiment.scheduler == "pbt"),
         )
     start = time.time()
     results, interrupted = fit(tuner)

@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from analysis.load import load_experiment
 from analysis.report import main as report_main
 from conftest import EXPERIMENT_ARGS, interrupt_when
 
@@ -336,6 +337,19 @@ def test_report_md_shows_every_figure_in_place(reports, name, expected):
         searched = {k for k, v in SPACES[name].params.items() if isinstance(v, Domain)}  # the space's knobs
         assert set(importance["parameter"]) <= searched
         assert importance["importance"].between(0, 1).all()
+
+
+def test_importance_is_the_same_in_two_reports(experiments, reports):
+    """fANOVA is seeded and scikit-learn, which it needs, is a dependency: not an evaluator that
+    depends on what else happens to be installed."""
+    from analysis.importance import param_importances
+
+    exp = load_experiment(experiments["tnet"])
+    first, evaluator, used = param_importances(exp)
+    assert evaluator == "fANOVA" and used >= 4
+    assert param_importances(load_experiment(experiments["tnet"]))[0] == first
+    written = pd.read_csv(reports["tnet"] / "importance.csv")
+    assert dict(zip(written["parameter"], written["importance"])) == pytest.approx(first, abs=1e-12)
 
 
 def test_an_interrupted_report_leaves_the_previous_one_as_it_was(reports, one_thread):

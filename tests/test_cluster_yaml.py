@@ -141,7 +141,9 @@ def test_setup_installs_the_project_with_the_pinned_ray(name):
     assert ray.__version__.startswith(pinned.strip("=*").rstrip(".")), (pinned, ray.__version__)
     setup = config["setup_commands"]
     words = [w for command in setup for w in shlex.split(command)]
-    assert f"ray[default]{pinned}" in words, setup
+    cluster_extra = re.search(r"^cluster = \[(.*)\]", pyproject, re.M).group(1)
+    assert (f"ray[default]{pinned}" in words
+            or "~/n2n-search[cluster]" in words and f'"ray[default]{pinned}"' in cluster_extra), setup
     assert "torch" in words and config["file_mounts"].get("~/n2n-search") == "."
     assert any(re.search(r"pip install -e ~/n2n-search\b", c) for c in setup), setup
     # token auth on every node, with the token of the machine that runs `ray up`

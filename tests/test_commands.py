@@ -1,6 +1,7 @@
 """The installed commands (`[project.scripts]` of pyproject.toml) do what the three scripts do, from
 any directory: `n2n-search` runs a search, `n2n-report` writes its report and exports the model,
 `n2n-denoise` denoises an image with it."""
+import importlib.metadata
 import shutil
 import subprocess
 import sys
@@ -33,8 +34,9 @@ def test_installed_commands_search_report_and_denoise_from_any_directory(tmp_pat
         return proc.stdout
 
     out = run("n2n-search", "--space", "tnet", "--budget", "smoke", "--data", "synthetic", "--train-size", "64",
-              "--val-size", "16", "--epochs", "1", "--num-samples", "2", "--storage", "runs", "--name", "s")
+              "--val-size", "16", "--epochs", "1", "--num-samples", "2", "--storage", "runs", "--name", "s", "--quiet")
     assert "Best:" in out and (elsewhere / "runs" / "s" / "n2n_experiment.json").is_file()
+    assert "[n2n-search]" not in out, "--quiet: the summary without progress lines"
 
     run("n2n-report", "runs/s", "--samples", "2")
     model = elsewhere / "runs" / "s" / "report" / "best_model.pt"
@@ -45,6 +47,10 @@ def test_installed_commands_search_report_and_denoise_from_any_directory(tmp_pat
     run("n2n-denoise", "--model", str(model.relative_to(elsewhere)), "noisy.png", "--out", "clean")
     [written] = list((elsewhere / "clean").iterdir())
     assert Image.open(written).size == (48, 40)
+
+    version = importlib.metadata.version("n2n-search")
+    for name in ("n2n-search", "n2n-report", "n2n-denoise"):
+        assert run(name, "--version").startswith(f"n2n-search {version} (torch "), name
 
     # bad usage: one line on stderr, exit 2, as the scripts do
     proc = subprocess.run([command("n2n-search"), "--budget", "nope"], cwd=elsewhere, capture_output=True, text=True)

@@ -187,6 +187,47 @@ def test_epfl_loads_course_files(tmp_path):
         load_pairs(f"epfl:{tmp_path / 'course'}", train_size=5, val_size=11)
 
 
+@pytest.mark.parametrize("source", ["photos", "synthetic", "folder"])
+def test_the_clean_image_of_every_training_pair_is_kept(tmp_path, image_folder, source):
+    """train_clean is the clean crop both noisy copies were made from: without noise the copies are
+    it, and with pixelate noise (whose expectation is the clean image) the mean of the two copies
+    is nearer to it than either copy alone."""
+    import warnings
+
+    data = f"folder:{image_folder[0]}" if source == "folder" else source
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the folder's deliberately unreadable files
+        plain = load_pairs(data, "gaussian:0", train_size=200, val_size=8, cache_dir=tmp_path)
+        pix = load_pairs(data, "pixelate", train_size=200, val_size=8, cache_dir=tmp_path)
+    assert torch.equal(plain.train_a, plain.train_clean) and torch.equal(plain.train_b, plain.train_clean)
+    assert pix.train_clean.dtype == torch.uint8 and tuple(pix.train_clean.shape) == (200, 3, 32, 32)
+    a, b, clean = (t.double() for t in (pix.train_a, pix.train_b, pix.train_clean))
+    single, mean_of_two = ((a - clean) ** 2).mean(), (((a + b) / 2 - clean) ** 2).mean()
+    assert mean_of_two < 0.75 * single, (float(mean_of_two), float(single))  # 0.5 for independent copies
+    # the same crops: the clean images of two noises agree where the noise has none to add
+    assert torch.equal(pix.train_clean, plain.train_clean)
+
+
+def test_course_data_has_no_clean_training_images(tmp_path):
+    train, val = _course_tensors(8, 8)
+    _save_course(tmp_path / "course", train, val)
+    assert load_pairs(f"epfl:{tmp_path / 'course'}", train_size=8, val_size=4).train_clean is None
+
+
+def test_a_cache_without_the_clean_training_images_is_regenerated(tmp_path):
+    args = dict(data="synthetic", noise="gaussian:25", train_size=16, val_size=8, seed=1, cache_dir=tmp_path)
+    fresh = load_pairs(**args)
+    path = cache_path(**args)
+    old = torch.load(path, weights_only=True)
+    del old["train_clean"]  # as files written before the clean images were kept
+    torch.save(old, path)
+    messages = []
+    again = load_pairs(**args, progress=messages.append)
+    assert any("regenerating" in m for m in messages), messages
+    assert same(fresh, again) and torch.equal(fresh.train_clean, again.train_clean)
+    assert "train_clean" in torch.load(path, weights_only=True)
+
+
 # ------------------------------------------------------------------------------------------
 # train / validation separation
 # ------------------------------------------------------------------------------------------

@@ -48,6 +48,11 @@ BAD_USAGE = {
     "negative time budget": (["--time-budget", "-5"], "--time-budget"),
     "time budget not a number": (["--time-budget", "soon"], "--time-budget"),
     "time budget and none": (["--time-budget", "5", "--no-time-budget"], "--no-time-budget"),
+    "unknown target": (["--target", "denoised"], "--target"),
+    "pbt on a grid": (["--space", "lr-grid", "--scheduler", "pbt"], "fixed grid"),
+    "pbt with tpe": (["--scheduler", "pbt", "--searcher", "optuna"], "--searcher random"),
+    "pbt with a refit": (["--scheduler", "pbt", "--refit-seeds", "2"], "no refit"),
+    "target of a space that sets it": (["--space", "n2n-vs-n2c", "--target", "clean"], "leave --target out"),
 }
 
 # --configs FILE: what the file holds -> expected words of the error
@@ -79,10 +84,43 @@ def test_every_bad_configs_file_exits_2_with_one_line(case, tmp_path, capsys):
     assert not (tmp_path / "runs").exists(), "bad usage writes nothing"
 
 
+@pytest.mark.parametrize("args", [["--target", "clean"], ["--space", "n2n-vs-n2c"]])
+def test_clean_targets_on_course_data_exit_2_before_any_work(args, tmp_path, capsys):
+    """epfl: data has no clean training images, so nothing that trains on clean targets can run on it."""
+    import torch
+
+    course = tmp_path / "course"
+    course.mkdir()
+    images = torch.zeros(4, 3, 32, 32, dtype=torch.uint8)
+    torch.save((images, images), course / "train_data.pkl")
+    torch.save((images, images), course / "val_data.pkl")
+    assert main(["--budget", "smoke", "--data", f"epfl:{course}", "--storage", str(tmp_path / "runs"), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "epfl: data has none" in err[0], err
+    assert not (tmp_path / "runs").exists()
+    from search.cli import parse
+
+    experiment, _ = parse(["--budget", "smoke", "--data", f"epfl:{course}", "--target", "noisy"])
+    assert experiment.target == "noisy"  # noisy targets are what the course's files hold
+
+
+def test_target_is_every_trials_constant_and_the_default_leaves_the_space_as_it_is(tmp_path):
+    from search.cli import parse
+    from search.spaces import possible_values
+    from search.tuning import param_space
+
+    clean, _ = parse(["--space", "tnet", "--target", "clean", "--storage", str(tmp_path)])
+    assert param_space(clean)["target"] == "clean" and possible_values(param_space(clean), "target") == {"clean"}
+    default, _ = parse(["--space", "tnet", "--storage", str(tmp_path)])
+    assert "target" not in param_space(default) and possible_values(param_space(default), "target") == {"noisy"}
+    grid, _ = parse(["--space", "n2n-vs-n2c", "--storage", str(tmp_path)])
+    assert possible_values(param_space(grid), "target") == {"noisy", "clean"}
+
+
 def test_configs_with_space_or_missing_file_exit_2(tmp_path, capsys):
     (tmp_path / "c.json").write_text('{"lr": 1e-3}')
     assert main(["--configs", str(tmp_path / "c.json"), "--space", "tnet"]) == 2
-    assert "--configs replaces --space" in capsys.readouterr().err
+    assert "give one of them" in capsys.readouterr().err
     assert main(["--configs", str(tmp_path / "missing.json")]) == 2
     assert "missing.json" in capsys.readouterr().err
 

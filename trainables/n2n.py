@@ -24,7 +24,7 @@ from n2n_models import build_model, count_parameters
 from n2n_models.checkpoint import is_checkpoint_folder, read_checkpoint, write_checkpoint
 from n2n_models.config import TRIAL_DEFAULTS, spec_from_config
 from n2n_models.metrics import psnr_uint8
-from n2n_models.train import ReplicaTrainer
+from n2n_models.train import ReplicaTrainer, training_target
 
 def trial_device() -> torch.device:
     gpu_ids = ray.get_gpu_ids()
@@ -77,7 +77,8 @@ def load_checkpoint(trainer: ReplicaTrainer, latest: tune.Checkpoint | None) -> 
 
 def train_n2n(config: dict, data: dict | None = None, yardsticks: dict | None = None):
     """Function trainable. `data` holds the uint8 arrays of the data set's three splits
-    (n2n_models.data.SPLIT_KEYS); `yardsticks` (n2n_models.classical) the noisy input's and the
+    (n2n_models.data.SPLIT_KEYS, and the clean training images when a trial may train on them);
+    `yardsticks` (n2n_models.classical) the noisy input's and the
     best classical denoiser's test PSNR, reported beside the trial's own.
 
     Validation PSNR is what every decision reads (ASHA, TPE, the best epoch and trial); test PSNR
@@ -93,6 +94,7 @@ def train_n2n(config: dict, data: dict | None = None, yardsticks: dict | None = 
     if threads > 0:
         torch.set_num_threads(threads)
     arrays = {k: torch.as_tensor(np.array(v)).to(device) for k, v in data.items()}
+    target = training_target(spec, arrays)
     trainer = ReplicaTrainer(spec, device=device, fused=config.get("fused"))
     extra, resumed = load_checkpoint(trainer, tune.get_checkpoint())
     best, best_epoch = extra.get("best_val_psnr", -math.inf), extra.get("best_epoch", 0)
@@ -105,7 +107,7 @@ def train_n2n(config: dict, data: dict | None = None, yardsticks: dict | None = 
     grid = ImageGrid(int(config.get("grid_images", TRIAL_DEFAULTS["grid_images"])))
     while trainer.epoch < spec.epochs:
         inject_fault(config, trainer.epoch + 1, resumed)
-        losses = trainer.train_epoch(arrays["train_a"], arrays["train_b"])
+        losses = trainer.train_epoch(arrays["train_a"], target)
         diverged = not bool(torch.isfinite(losses).all())
         nan = torch.full((trainer.k,), float("nan"))
         seed_psnr = trainer.evaluate(arrays["val_noisy"], arrays["val_clean"]) if not diverged else nan

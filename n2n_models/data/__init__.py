@@ -11,7 +11,7 @@ from .crops import IMAGE_FACTORS, area_downsample, point_sample
 from .images import read_image
 from .noise import apply_noise
 from .sources import folder_split, photo_files, photo_regions, source_for, split_text
-from .specs import (SPLIT_KEYS, DataError, DataSpec, NoiseSpec, Pairs, Progress, Sizes, check_int,
+from .specs import (SPLIT_KEYS, TRAIN_CLEAN, DataError, DataSpec, NoiseSpec, Pairs, Progress, Sizes, check_int,
                     parse_data_spec, parse_noise_spec)
 from .synthetic import SYNTHETIC_FACTORS, render_synthetic
 
@@ -22,6 +22,7 @@ __all__ = [
     "NoiseSpec",
     "Sizes",
     "SPLIT_KEYS",
+    "TRAIN_CLEAN",
     "photo_regions",
     "split_text",
     "load_pairs",
@@ -48,7 +49,7 @@ def load_pairs(data: str = "photos", noise: str = "pixelate", train_size: int = 
     """Noise2Noise training pairs, a validation set and a test set.
 
     Returns :class:`Pairs`: two independently noisy copies of each training image (``train_a``,
-    ``train_b``) and one noisy copy of each validation and test image with its clean reference
+    ``train_b``), its clean image where the source has one (``train_clean``, None for ``epfl``) and one noisy copy of each validation and test image with its clean reference
     (``val_noisy``, ``val_clean``, ``test_noisy``, ``test_clean``; ``test_size`` defaults to
     ``val_size``), contiguous CPU ``torch.uint8`` tensors of shape (N, 3, 32, 32). The three
     splits never share a pixel of an image; for folders and course files not even an image.

@@ -15,12 +15,12 @@ import torch
 
 from .cache import cache_file, cache_key, read_cache, write_cache
 from .noise import noisy_copies
-from .specs import SPLIT_KEYS, DataSpec, NoiseSpec, Pairs, Progress, Sizes
+from .specs import SPLIT_KEYS, TRAIN_CLEAN, DataSpec, NoiseSpec, Pairs, Progress, Sizes
 
-#: Makes one set of crops: (n, crop_rng, noise_rng, n_point, need_clean, progress, label) ->
-#: (clean (n, 3, 32, 32) uint8 or None, n_point point-sampled noisy copies of the same shape).
-CropMaker = Callable[[int, np.random.Generator, np.random.Generator, int, bool, Progress, str],
-                     tuple[np.ndarray | None, list[np.ndarray]]]
+#: Makes one set of crops: (n, crop_rng, noise_rng, n_point, progress, label) ->
+#: (clean (n, 3, 32, 32) uint8, n_point point-sampled noisy copies of the same shape).
+CropMaker = Callable[[int, np.random.Generator, np.random.Generator, int, Progress, str],
+                     tuple[np.ndarray, list[np.ndarray]]]
 
 
 class Split(NamedTuple):
@@ -97,23 +97,24 @@ class GeneratedSource(Source):
             if obj is not None:
                 if progress:
                     progress(f"loaded {description} from cache {path}")
-                return Pairs(*(obj[k] for k in SPLIT_KEYS), description)
+                return Pairs(*(obj[k] for k in SPLIT_KEYS), description, train_clean=obj[TRAIN_CLEAN])
             if progress:
                 progress(f"cache file {path} is unreadable or stale; regenerating")
         if progress:
             progress(f"generating {description}")
         t0 = time.monotonic()
         arrays = self.generate(noise, sizes, seed, progress)
-        tensors = {k: torch.from_numpy(np.ascontiguousarray(arrays[k])) for k in SPLIT_KEYS}
+        tensors = {k: torch.from_numpy(np.ascontiguousarray(arrays[k])) for k in (*SPLIT_KEYS, TRAIN_CLEAN)}
         if progress:
             progress(f"generated in {time.monotonic() - t0:.1f} s")
         # blame a failed write on whoever called load_pairs: load <- load_pairs <- caller
         write_cache(path, key, tensors, description, progress, stacklevel=3)
-        return Pairs(*(tensors[k] for k in SPLIT_KEYS), description)
+        return Pairs(*(tensors[k] for k in SPLIT_KEYS), description, train_clean=tensors[TRAIN_CLEAN])
 
     def generate(self, noise: NoiseSpec, sizes: Sizes, seed: int,
                  progress: Progress) -> dict[str, np.ndarray]:
-        """The six arrays (SPLIT_KEYS), NCHW uint8, without the cache."""
+        """The six arrays (SPLIT_KEYS) and the clean training images (TRAIN_CLEAN), NCHW uint8,
+        without the cache."""
         # pixelate noise is a point sample of the high-resolution source, so it is made with the
         # crops; every other noise is applied to the clean crops afterwards
         pix = noise.kind == "pixelate"
@@ -125,13 +126,12 @@ class GeneratedSource(Source):
             noise_rng = _rng(seed, self.kind, part, "noise", str(noise))
             label = f"{part} {self.kind}/{noise}"
             copies = 2 if part == "train" else 1
-            need_clean = part != "train" or not pix
-            clean, pts = make_crops(n, crop_rng, noise_rng, copies if pix else 0, need_clean,
-                                    progress, label)
+            clean, pts = make_crops(n, crop_rng, noise_rng, copies if pix else 0, progress, label)
             if not pix:
                 pts = noisy_copies(clean, noise, noise_rng, copies)
             if part == "train":
                 out["train_a"], out["train_b"] = pts
+                out[TRAIN_CLEAN] = clean
             else:
                 out[f"{part}_noisy"], out[f"{part}_clean"] = pts[0], clean
         return out

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from .crops import IMAGE_FACTORS
-from .specs import SIZE, SPLIT_KEYS, NoiseSpec, Progress, Sizes, one_line
+from .specs import SIZE, SPLIT_KEYS, TRAIN_CLEAN, NoiseSpec, Progress, Sizes, one_line
 from .synthetic import SYNTHETIC_FACTORS
 
 #: Bump whenever generated data would change for the same arguments (invalidates caches).
@@ -46,14 +46,15 @@ def cache_file(cache_dir: str | os.PathLike | None, kind: str, noise: NoiseSpec,
 
 
 def read_cache(path: Path, key: str, sizes: Sizes) -> dict | None:
-    """The cached tensors, or None when the file is unreadable, stale or of the wrong shape."""
+    """The cached tensors, or None when the file is unreadable, stale or of the wrong shape (or
+    lacks the clean training images, which files written before they were kept do)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             obj = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(obj, dict) or obj.get("key") != key:
             return None
-        for name in SPLIT_KEYS:
+        for name in (*SPLIT_KEYS, TRAIN_CLEAN):
             t = obj[name]
             n = sizes.of(name)
             if (not isinstance(t, torch.Tensor) or t.dtype != torch.uint8

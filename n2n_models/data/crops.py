@@ -97,9 +97,8 @@ def store(out: np.ndarray, idx: np.ndarray, hwc: np.ndarray, flip: np.ndarray | 
 
 
 def crops_from_images(images: list[np.ndarray], n: int, crop_rng: np.random.Generator,
-                      noise_rng: np.random.Generator, n_point: int, need_clean: bool,
-                      progress: Progress, label: str):
-    """Plan n random crops over images, return (clean or None, [noisy copies]) as NCHW uint8.
+                      noise_rng: np.random.Generator, n_point: int, progress: Progress, label: str):
+    """Plan n random crops over images, return (clean, [noisy copies]) as NCHW uint8.
 
     A crop is a 32f x 32f region at an integer factor f uniform in ``IMAGE_FACTORS`` (capped by
     the image size), area-averaged to 32x32, with a random horizontal flip. Crop positions come
@@ -117,7 +116,7 @@ def crops_from_images(images: list[np.ndarray], n: int, crop_rng: np.random.Gene
     x0 = np.floor(crop_rng.random(n) * (ws[img] - SIZE * f + 1)).astype(np.int64)
     flip = crop_rng.random(n) < 0.5
 
-    clean = np.empty((n, 3, SIZE, SIZE), np.uint8) if need_clean else None
+    clean = np.empty((n, 3, SIZE, SIZE), np.uint8)
     noisy = [np.empty((n, 3, SIZE, SIZE), np.uint8) for _ in range(n_point)]
     order = np.lexsort((f, img))
     si, sf = img[order], f[order]
@@ -131,15 +130,14 @@ def crops_from_images(images: list[np.ndarray], n: int, crop_rng: np.random.Gene
         if i != current:
             current = i
             packed = pack_rgb(im) if n_point else None
-            sat = summed_area(im) if need_clean else None
+            sat = summed_area(im)
             if progress and time.monotonic() - t0 > 5:
                 progress(f"{label}: image {i + 1}/{len(images)}")
                 t0 = time.monotonic()
         for s in range(a, b, _CHUNK):
             idx = order[s:min(b, s + _CHUNK)]
             c, pts = crops(packed, sat, im.shape[1], y0[idx], x0[idx], fv, n_point, noise_rng)
-            if c is not None:
-                store(clean, idx, c, flip[idx])
+            store(clean, idx, c, flip[idx])
             for k in range(n_point):
                 store(noisy[k], idx, pts[k], flip[idx])
     return clean, noisy

@@ -41,6 +41,9 @@ class Pairs:
     test_noisy: torch.Tensor
     test_clean: torch.Tensor
     description: str = ""
+    #: The clean image of each training pair (Noise2Clean's target, ``--target clean``); None where
+    #: the source has none (``epfl``: its training file holds noisy pairs only).
+    train_clean: torch.Tensor | None = None
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         return iter(self.arrays().values())
@@ -71,6 +74,8 @@ class Sizes(NamedTuple):
 #: The tensors of a data set, in the order Pairs unpacks them: two noisy copies of each training
 #: image, and a noisy copy with its clean reference for each validation and each test image.
 SPLIT_KEYS = ("train_a", "train_b", "val_noisy", "val_clean", "test_noisy", "test_clean")
+#: The clean training images, which sources made from clean images also keep (Pairs.train_clean).
+TRAIN_CLEAN = "train_clean"
 
 
 @dataclass(frozen=True)

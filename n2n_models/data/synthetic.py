@@ -101,12 +101,12 @@ def render_synthetic(rng: np.random.Generator, count: int, f: int) -> np.ndarray
 
 
 def crops_from_synthetic(n: int, crop_rng: np.random.Generator, noise_rng: np.random.Generator,
-                         n_point: int, need_clean: bool, progress: Progress, label: str):
+                         n_point: int, progress: Progress, label: str):
     """n synthetic scenes, each rendered at a random factor f in ``SYNTHETIC_FACTORS`` and reduced
-    like a photo crop; return (clean or None, [noisy copies]) as NCHW uint8."""
+    like a photo crop; return (clean, [noisy copies]) as NCHW uint8."""
     fmin, fmax = SYNTHETIC_FACTORS
     f = crop_rng.integers(fmin, fmax + 1, n)
-    clean = np.empty((n, 3, SIZE, SIZE), np.uint8) if need_clean else None
+    clean = np.empty((n, 3, SIZE, SIZE), np.uint8)
     noisy = [np.empty((n, 3, SIZE, SIZE), np.uint8) for _ in range(n_point)]
     t0 = time.monotonic()
     done = 0
@@ -119,12 +119,11 @@ def crops_from_synthetic(n: int, crop_rng: np.random.Generator, noise_rng: np.ra
             R = SIZE * fv
             stacked = scenes.reshape(len(idx) * R, R, 3)
             packed = pack_rgb(stacked) if n_point else None
-            sat = summed_area(stacked) if need_clean else None
+            sat = summed_area(stacked)
             y0 = np.arange(len(idx), dtype=np.int64) * R
             x0 = np.zeros(len(idx), np.int64)
             c, pts = crops(packed, sat, R, y0, x0, fv, n_point, noise_rng)
-            if c is not None:
-                store(clean, idx, c, None)
+            store(clean, idx, c, None)
             for k in range(n_point):
                 store(noisy[k], idx, pts[k], None)
             done += len(idx)

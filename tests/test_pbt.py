@@ -1,0 +1,71 @@
+"""Population Based Training (`--scheduler pbt`): members exchange weights, so the network's knobs
+stay at the report's setting and only training knobs are perturbed; a member restarted from
+another's checkpoint trains with its own new lr and weight decay; a search runs, exploits, and is
+reported and exported like any other."""
+import json
+
+import pytest
+import torch
+from ray import tune
+
+from n2n_models.data import load_pairs
+from n2n_models.train import ReplicaTrainer, TrainSpec
+from search.spaces import SPACES, population_space, start_point
+
+
+def test_the_population_fixes_the_network_at_the_reports_setting_and_perturbs_training_knobs():
+    params, mutations = population_space(SPACES["tnet"].params)
+    start = start_point(SPACES["tnet"].params)
+    for knob in ("width", "batchnorm", "dropout"):  # a member takes another's weights: same shapes, same network
+        assert params[knob] == start[knob] and knob not in mutations
+    assert set(mutations) == {"lr", "weight_decay", "loss", "batch_size"}
+    assert mutations["batch_size"] == [16, 32, 64]  # PBT shifts along a list to a neighbour
+    assert isinstance(mutations["lr"], tune.search.sample.Float)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_a_member_restarted_from_anothers_checkpoint_trains_with_its_own_lr(fused):
+    pairs = load_pairs("synthetic", "pixelate", train_size=64, val_size=8, seed=2)
+    donor = ReplicaTrainer(TrainSpec("tnet", lr=1e-3, batch_size=32, seeds=(0, 1)), fused=fused)
+    donor.train_epoch(pairs.train_a, pairs.train_b)
+    member = ReplicaTrainer(TrainSpec("tnet", lr=2e-4, weight_decay=1e-5, batch_size=32, seeds=(0, 1)), fused=fused)
+    member.load_state_dict(donor.state_dict())
+    for opt in member.optimizers:
+        assert {(g["lr"], g["weight_decay"]) for g in opt.param_groups} == {(2e-4, 1e-5)}
+    for mine, theirs in zip(member.optimizers, donor.optimizers):  # Adam's moments and step come with the weights
+        steps = {float(s["step"]) for s in mine.state.values()}
+        assert steps == {float(s["step"]) for s in theirs.state.values()} == {2.0}
+    for a, b in zip(member.replica_state_dicts(), donor.replica_state_dicts()):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_a_pbt_search_exploits_and_is_reported_like_any_search(tmp_path, capsys):
+    import ray
+
+    from analysis.report import main as report_main
+    from search.cli import main
+
+    started = not ray.is_initialized()
+    try:
+        assert main(["--space", "tnet", "--scheduler", "pbt", "--budget", "smoke", "--data", "synthetic",
+                     "--train-size", "64", "--val-size", "16", "--time-budget", "0.75", "--num-samples", "2",
+                     "--storage", str(tmp_path),
+                     "--name", "p"]) == 0
+    finally:
+        if started:
+            ray.shutdown()
+    out = capsys.readouterr().out
+    assert "errored" not in out and "a population of 2" in out, out
+    experiment = tmp_path / "p"
+    exploits = (experiment / "pbt_global.txt").read_text().splitlines()
+    assert exploits, "no member took another's weights"
+    changed = []
+    for trial in experiment.glob("trial_*"):
+        rows = [json.loads(line) for line in (trial / "result.json").read_text().splitlines()]
+        changed.append(len({(r["config"]["lr"], r["config"]["batch_size"], r["config"]["loss"]) for r in rows}) > 1)
+    assert any(changed), "PBT changed no member's training knobs during training"
+    saved = json.loads((experiment / "n2n_experiment.json").read_text())
+    assert saved["num_samples"] == 2 and saved["refit_seeds"] == 0
+    assert report_main([str(experiment), "--samples", "2"]) == 0
+    assert (experiment / "report" / "best_model.pt").is_file()
