@@ -129,8 +129,11 @@ def parse(argv: list[str] | None = None, space_spec: dict | None = None) -> tupl
     budget = BUDGETS[args.budget]
     configs = _read_configs(args.configs) if args.configs else None
     space = configs_space(configs) if configs else custom_space(space_spec) if space_spec else SPACES[args.space]
-    searcher = args.searcher or ("grid" if space.is_grid else "random" if args.scheduler == "pbt" else "optuna")
-    scheduler = args.scheduler or ("fifo" if space.is_grid else "asha")
+    if args.time_budget and args.no_time_budget:
+        raise UsageError("--time-budget and --no-time-budget: give one or the other")
+    time_budget = None if args.no_time_budget else args.time_budget or (None if space.is_grid else budget.minutes)
+    scheduler = args.scheduler or _default_scheduler(space, args, time_budget)
+    searcher = args.searcher or ("grid" if space.is_grid else "random" if scheduler == "pbt" else "optuna")
     if searcher not in SEARCHERS:
         raise UsageError(f"unknown searcher {searcher!r}; choose one of {', '.join(SEARCHERS)}")
     if scheduler not in SCHEDULERS:
@@ -140,8 +143,6 @@ def parse(argv: list[str] | None = None, space_spec: dict | None = None) -> tupl
     if searcher == "grid" and not space.is_grid:
         raise UsageError(f"--searcher grid needs a discrete space, but {space.name!r} has continuous "
                          f"parameters ({', '.join(space.continuous_keys())}); use optuna or random")
-    if args.time_budget and args.no_time_budget:
-        raise UsageError("--time-budget and --no-time-budget: give one or the other")
     if space.is_grid and args.refit_seeds:
         raise UsageError("--refit-seeds applies to searches; grids and --configs have no refit")
     if scheduler == "pbt":
@@ -180,10 +181,25 @@ def parse(argv: list[str] | None = None, space_spec: dict | None = None) -> tupl
         cpus_per_trial=args.cpus_per_trial, gpus_per_trial=gpus, max_concurrent=args.max_concurrent,
         storage=storage, name=name, fused={"auto": None, "on": True, "off": False}[args.fused], configs=configs,
         refit_seeds=refit_seeds,
-        time_budget_min=None if args.no_time_budget else args.time_budget or (None if space.is_grid else budget.minutes),
+        time_budget_min=time_budget,
         target=args.target, space_spec=space_spec,
     )
     return experiment, args
+
+
+def _default_scheduler(space, args, time_budget: float | None) -> str:
+    """FIFO for grids; for a search under a time budget, Population Based Training (its members
+    train for the whole budget, none restarts from scratch: measured to export a better model than
+    TPE + ASHA + refit in the same minutes, docs/search-quality.md), unless the command asks for
+    what PBT does not do (a searcher, a number of configurations, a refit); else ASHA."""
+    from .spaces import population_space
+
+    if space.is_grid:
+        return "fifo"
+    asked_otherwise = args.searcher is not None or args.num_samples is not None or args.refit_seeds is not None
+    if time_budget is not None and not asked_otherwise and population_space(space.params)[1]:
+        return "pbt"
+    return "asha"
 
 
 def _check_pbt(space, searcher: str, args) -> None:

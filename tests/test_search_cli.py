@@ -16,7 +16,7 @@ from search.cli import main
 BAD_USAGE = {
     "unknown space": (["--space", "resnet"], "unknown space 'resnet'"),
     "unknown searcher": (["--searcher", "bayes"], "unknown searcher 'bayes'"),
-    "unknown scheduler": (["--scheduler", "pbt"], "unknown scheduler 'pbt'"),
+    "unknown scheduler": (["--scheduler", "hyperband"], "unknown scheduler 'hyperband'"),
     "unknown budget": (["--budget", "huge"], "unknown budget 'huge'"),
     "zero samples": (["--num-samples", "0"], "--num-samples"),
     "seeds not a number": (["--seeds", "five"], "--seeds"),
@@ -148,7 +148,7 @@ def test_the_command_exits_2_with_one_line_and_no_traceback(tmp_path):
     proc = run_cli("--space", "resnet", "--storage", str(tmp_path), timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "search/run.py: error: unknown space 'resnet'; choose one of tnet, unet, basenet, lr-grid, models"]
+        "search/run.py: error: unknown space 'resnet'; choose one of tnet, unet, basenet, lr-grid, models, n2n-vs-n2c"]
 
 
 @pytest.mark.slow
@@ -294,7 +294,15 @@ def test_searches_refit_by_default_grids_never(tmp_path):
     from search.cli import parse
 
     storage = ["--storage", str(tmp_path)]
-    assert parse(storage)[0].refit_seeds == 2  # quick, the default budget
+    # quick, the default budget: a time budget, so Population Based Training, whose members train to
+    # the end (no refit); TPE + ASHA, when asked for, refits its winner
+    default = parse(storage)[0]
+    assert (default.scheduler, default.searcher, default.refit_seeds, default.num_samples) == ("pbt", "random", 0, 0)
+    assert parse(["--scheduler", "asha", *storage])[0].refit_seeds == 2
+    for asked in (["--searcher", "optuna"], ["--num-samples", "8"], ["--refit-seeds", "2"], ["--no-time-budget"],
+                  ["--budget", "smoke"], ["--budget", "paper"]):
+        chosen = parse([*asked, *storage])[0]
+        assert (chosen.scheduler, chosen.searcher) == ("asha", "optuna"), asked
     assert parse(["--budget", "paper", *storage])[0].refit_seeds == 5
     assert parse(["--budget", "smoke", *storage])[0].refit_seeds == 0
     assert parse(["--no-refit", *storage])[0].refit_seeds == 0
@@ -319,9 +327,10 @@ def test_searches_refit_by_default_grids_never(tmp_path):
     assert refit_experiment(quick, config).epochs == OPEN_EPOCHS > quick.epochs
     paper = parse(["--budget", "paper", *storage])[0]
     assert paper.time_budget_min is None and refit_experiment(paper, config).epochs == paper.epochs
-    experiment = parse(["--time-budget", "30", *storage])[0]
+    experiment = parse(["--time-budget", "30", "--scheduler", "asha", *storage])[0]
     assert experiment.time_budget_min == 30.0
     from search.tuning import REFIT_SHARE, search_seconds
 
     assert search_seconds(experiment) == 30 * 60 * (1 - REFIT_SHARE)  # the rest is the refit's
-    assert search_seconds(parse(["--time-budget", "30", "--no-refit", *storage])[0]) == 30 * 60
+    assert search_seconds(parse(["--time-budget", "30", "--scheduler", "asha", "--no-refit", *storage])[0]) == 30 * 60
+    assert search_seconds(parse(["--time-budget", "30", *storage])[0]) == 30 * 60  # PBT: all of it
