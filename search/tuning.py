@@ -113,6 +113,10 @@ def _run(experiment: Experiment, resume: bool, address: str | None) -> int:
     trainable = make_trainable(data, cpus=cpus, gpus=gpus, yardsticks=yardsticks)
     if experiment.scheduler == "pbt" and not experiment.num_samples:  # a member per trial slot
         experiment = dataclasses.replace(experiment, num_samples=slots)
+    if experiment.scheduler == "pbt" and experiment.num_samples > slots and not resume:
+        raise UsageError(f"--scheduler pbt trains its whole population at once, and --num-samples "
+                         f"{experiment.num_samples} is more than the {slots} trials this cluster runs at a time; "
+                         f"ask for at most {slots} (or leave --num-samples out)")
     seconds = search_seconds(experiment)
     within = "" if seconds is None else (
         f", for {seconds / 60:.1f} of the {experiment.time_budget_min:g} minutes of --time-budget"

@@ -69,3 +69,14 @@ def test_a_pbt_search_exploits_and_is_reported_like_any_search(tmp_path, capsys)
     assert saved["num_samples"] == 2 and saved["refit_seeds"] == 0
     assert report_main([str(experiment), "--samples", "2"]) == 0
     assert (experiment / "report" / "best_model.pt").is_file()
+
+
+def test_a_population_larger_than_the_trial_slots_exits_2_instead_of_waiting(local_ray, tmp_path, capsys):
+    """Members train until the budget ends, so one without a slot would never start."""
+    from search.cli import main
+
+    assert main(["--space", "tnet", "--scheduler", "pbt", "--budget", "smoke", "--data", "synthetic",
+                 "--time-budget", "1", "--num-samples", "64", "--storage", str(tmp_path), "--name", "p"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "more than the" in err[0] and "--num-samples" in err[0], err
+    assert not (tmp_path / "p").exists()
