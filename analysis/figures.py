@@ -19,7 +19,8 @@ from n2n_models.smoothgrad import heatmap, smoothgrad  # noqa: E402
 from .load import ExperimentData  # noqa: E402
 
 STATUS_COLOURS = {"finished": "tab:blue", "stopped early": "tab:orange", "diverged": "tab:red",
-                  "errored": "tab:red", "unfinished": "tab:gray"}
+                  "errored": "tab:red", "unfinished": "tab:gray",
+                  "out of time": "tab:olive"}
 TOP = 6  # searches: curves of the best trials in colour, the rest in grey
 DPI = 120
 

@@ -12,7 +12,7 @@ from .load import ExperimentData
 
 MIN_TRIALS = 4
 SEED = 0  # fANOVA's random forest
-USED_STATUSES = ("finished", "stopped early")  # ASHA-stopped trials count, with their best value before the stop
+USED_STATUSES = ("finished", "stopped early", "out of time")  # stopped trials count, with their best value before the stop
 
 
 class Skip(Exception):

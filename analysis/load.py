@@ -18,7 +18,7 @@ from .experiment_file import EXPERIMENT_FILE
 
 # A trial's fate: ran all its epochs, stopped by the scheduler (ASHA), training produced a
 # non-finite loss, failed with an error, or has not ended (interrupted, still running, never started).
-STATUSES = ("finished", "stopped early", "diverged", "errored", "unfinished")
+STATUSES = ("finished", "stopped early", "out of time", "diverged", "errored", "unfinished")
 
 
 class ExperimentError(Exception):
@@ -124,8 +124,10 @@ def _error_line(trial_dir: Path) -> tuple[int, str]:
     return failures, last if len(last) <= 160 else last[:157] + "..."
 
 
-def trial_status(rows: pd.DataFrame, target_epochs: int, has_error: bool, ray_status: str | None) -> str:
-    """One of STATUSES, from the trial's rows, its error file and Ray's saved trial status."""
+def trial_status(rows: pd.DataFrame, target_epochs: int, has_error: bool, ray_status: str | None,
+                 time_budget: bool = False) -> str:
+    """One of STATUSES, from the trial's rows, its error file and Ray's saved trial status; under a
+    --time-budget ("out of time": Tune ended the trial when the budget ran out)."""
     last = rows.iloc[-1] if not rows.empty else None
     done = last is not None and _truthy(last.get("done", False))
     if last is not None and _truthy(last.get("diverged", False)):
@@ -136,7 +138,9 @@ def trial_status(rows: pd.DataFrame, target_epochs: int, has_error: bool, ray_st
         return "unfinished"
     if int(last["epoch"]) >= target_epochs:
         return "finished"
-    return "stopped early" if done else "unfinished"
+    if done:
+        return "stopped early"
+    return "out of time" if time_budget and ray_status == "TERMINATED" else "unfinished"
 
 
 def tune_trial_states(exp_dir: Path) -> dict:
@@ -212,7 +216,7 @@ def load_experiment(path: str | os.PathLike) -> ExperimentData:
         failures, error = _error_line(trial_dir)
         row = {"trial_id": trial_id, "folder": name, **{k: config[k] for k in HPARAM_KEYS if k in config},
                "seeds": len(trial_seeds(config)), "target_epochs": target,
-               "status": trial_status(rows, target, failures > 0, status),
+               "status": trial_status(rows, target, failures > 0, status, bool(spec.get("time_budget_min"))),
                "epochs": int(rows["epoch"].iloc[-1]) if not rows.empty else 0,
                "failures": failures, "error": error, "config": config}
         if not rows.empty:

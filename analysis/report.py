@@ -52,6 +52,16 @@ def _log(message: str) -> None:
 
 def _experiment_line(exp: ExperimentData) -> str:
     s = exp.spec
+    if s.get("scheduler") == "pbt":
+        return (f"Space `{s.get('space')}`, Population Based Training, budget `{s.get('budget')}`: a population of "
+                f"{s.get('num_samples')} × {s.get('seeds')} seed{'s' if s.get('seeds') != 1 else ''} trained "
+                + (f"for the whole time budget of {s['time_budget_min']:g} minutes" if s.get("time_budget_min")
+                   else f"for {s.get('epochs')} epochs")
+                + f" on {s.get('train_size')} training pairs, {s.get('val_size')} validation and {s.get('val_size')} "
+                f"test images of `{s.get('data')}` data with `{s.get('noise')}` noise (data seed {s.get('data_seed', 0)}). "
+                "The first member started at the report's setting; the worse half of the population regularly took "
+                "the better half's weights and perturbed its training knobs (`pbt_global.txt` lists each exchange), "
+                "so a trial's configuration is the last it trained with.")
     return (f"Space `{s.get('space')}`, {s.get('searcher')} searcher + {s.get('scheduler')} scheduler, budget "
             f"`{s.get('budget')}`: {'up to ' if s.get('time_budget_min') else ''}{s.get('num_samples')} configurations × {s.get('seeds')} seed{'s' if s.get('seeds') != 1 else ''}, up to "
             f"{s.get('epochs')} epochs, {s.get('train_size')} training pairs, {s.get('val_size')} validation "
@@ -71,8 +81,10 @@ def _splits_line(exp: ExperimentData) -> str:
         how = split_text(exp.spec.get("data", "photos"))
     except DataError:  # the data folder is gone: the split is still the source kind's
         how = "see the data source's documentation"
-    return (f"Splits: {how}. Validation PSNR made every choice (which trials ASHA stopped, what TPE "
-            "proposed, each trial's best epoch, the best trial); test PSNR was only recorded.")
+    choices = ("which member of the population took over which" if exp.spec.get("scheduler") == "pbt"
+               else "which trials ASHA stopped, what TPE proposed")
+    return (f"Splits: {how}. Validation PSNR made every choice ({choices}, each trial's best epoch, the best "
+            "trial); test PSNR was only recorded.")
 
 
 def _status_line(exp: ExperimentData) -> str:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from n2n_models.config import KNOBS, show_value
+from n2n_models.config import KNOBS, OPEN_EPOCHS, show_value
 
 from .load import ExperimentData
 
@@ -87,6 +87,8 @@ def _status_mark(row) -> str:
     """A short remark for a configuration that did not run all its epochs normally."""
     if row["status"] == "finished":
         return ""
+    if row["target_epochs"] >= OPEN_EPOCHS:
+        return f"{row['status']} after {int(row['epochs'])} epochs"
     return f"{row['status']} after {int(row['epochs'])} of {int(row['target_epochs'])} epochs"
 
 
@@ -306,7 +308,9 @@ def search_table(exp: ExperimentData) -> Table:
     display["PSNR (dB)"] = [mean_pm_std(m, s, PSNR_DECIMALS) for m, s in zip(data["psnr_mean"], data["psnr_std"])]
     display["Test PSNR (dB)"] = _test_cells(data)
     display["Best epoch"] = [str(int(v)) if not pd.isna(v) else "—" for v in data["best_epoch"]]
-    display["Epochs"] = [f"{int(e)}/{int(t)}" for e, t in zip(data["epochs"], data["target_epochs"])]
+    # under a time budget a trial's epochs are only a bound (OPEN_EPOCHS): the time decided
+    display["Epochs"] = [f"{int(e)}" if t >= OPEN_EPOCHS else f"{int(e)}/{int(t)}"
+                         for e, t in zip(data["epochs"], data["target_epochs"])]
     display["Status"] = data["status"].tolist()
     caption = (f"Search over space {exp.spec.get('space')}: every trial, best first, with the validation "
                f"PSNR at its best epoch (average ± standard deviation over {_seed_text(data)}), the test "

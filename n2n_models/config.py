@@ -74,6 +74,8 @@ KNOBS = (
 )
 KNOB = {k.name: k for k in KNOBS}
 HPARAM_KEYS = tuple(KNOB)
+#: A trial's epochs under a time budget (a PBT member, a refit replica): only a bound, the time decides.
+OPEN_EPOCHS = 100_000
 #: A trial config's other keys and their defaults: the run's length and replicas, not searched.
 RUN_DEFAULTS = {"epochs": 10, "seeds": 1, "seed": 0, "grid_images": 8, "amp": False}
 #: What a trial trains when its config leaves a key out.

@@ -15,7 +15,7 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 from analysis.experiment_file import REFIT_FOLDER
 from analysis.tables import mean_pm_std
 from n2n_models.classical import yardstick_line
-from n2n_models.config import HPARAM_KEYS, check_config
+from n2n_models.config import HPARAM_KEYS, OPEN_EPOCHS, check_config
 
 from .experiment import Experiment
 from .experiment_folder import experiment_exists
@@ -24,8 +24,6 @@ from .progress import log
 from .summary import print_next_steps, trial_rows
 
 
-#: A refit under --time-budget trains until the time is spent: its epochs are only a bound.
-OPEN_EPOCHS = 100_000
 
 
 def refit_epochs(experiment: Experiment) -> int:

@@ -20,7 +20,9 @@ from .progress import log
 from .ray_session import check_reachable, connect, trial_resources
 from .searchers import make_searcher, write_study
 from .spaces import population_space, possible_values, space_of
-from .refit import OPEN_EPOCHS, refit_experiment, run_refit
+from n2n_models.config import OPEN_EPOCHS
+
+from .refit import refit_experiment, run_refit
 from .schedulers import make_scheduler, scheduler_callbacks
 from .summary import print_summary
 from .tune_internals import quiet_trials_without_results

@@ -69,6 +69,8 @@ def test_a_pbt_search_exploits_and_is_reported_like_any_search(tmp_path, capsys)
     assert saved["num_samples"] == 2 and saved["refit_seeds"] == 0
     assert report_main([str(experiment), "--samples", "2"]) == 0
     assert (experiment / "report" / "best_model.pt").is_file()
+    report = (experiment / "report" / "report.md").read_text()
+    assert "Population Based Training" in report and "2 trials: 2 out of time." in report, report[:600]
 
 
 def test_a_population_larger_than_the_trial_slots_exits_2_instead_of_waiting(local_ray, tmp_path, capsys):

@@ -311,7 +311,8 @@ def test_searches_refit_by_default_grids_never(tmp_path):
     assert parse(["--space", "lr-grid", "--no-refit", *storage])[0].refit_seeds == 0  # true of grids anyway
     # searches run for the budget's minutes unless told otherwise; grids and --configs run to their end
     from search.budgets import BUDGETS
-    from search.refit import OPEN_EPOCHS, refit_experiment
+    from n2n_models.config import OPEN_EPOCHS
+    from search.refit import refit_experiment
 
     quick = parse(storage)[0]
     assert BUDGETS["quick"].minutes and quick.time_budget_min == BUDGETS["quick"].minutes
