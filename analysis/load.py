@@ -194,6 +194,7 @@ def load_experiment(path: str | os.PathLike) -> ExperimentData:
         raise ExperimentError(f"{spec_file} is unreadable ({e}); it must be the file search/run.py wrote") from None
 
     ray_trials = tune_trial_states(exp_dir)
+    id_of_folder = {folder: trial_id for trial_id, (_, _, folder) in ray_trials.items() if folder}
     folders = {p.name: p for p in exp_dir.iterdir()
                if p.is_dir() and (p.name.startswith("trial_") or (p / "params.json").is_file())}
     trial_rows, seed_frames, history_frames = [], [], []
@@ -208,7 +209,7 @@ def load_experiment(path: str | os.PathLike) -> ExperimentData:
                 config = {}
         rows = read_results(trial_dir)
         trial_id = str(rows["trial_id"].iloc[-1]) if "trial_id" in rows and not rows.empty \
-            else name.removeprefix("trial_")
+            else id_of_folder.get(name, name.removeprefix("trial_"))
         status, saved_config, _ = ray_trials.get(trial_id, (None, {}, None))
         config = config or saved_config
         seen.add(trial_id)

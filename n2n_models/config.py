@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from typing import Callable
 
 from .losses import LOSSES, get_loss
@@ -39,6 +40,7 @@ class Knob:
     nullable: bool = False
     show: Callable[[object], str] = str  # a value as tables write it
     log_scale: bool = False  # a number whose effect goes with its order of magnitude (spaces search it log-uniformly)
+    slug: Callable[[object], str] | None = None  # its part of a trial's name ("" or None: not named)
 
     @property
     def models(self) -> tuple[str, ...]:
@@ -55,22 +57,32 @@ def _yes_no(value) -> str:
     return "yes" if value else "no"
 
 
+def _short(value) -> str:
+    """A number as trial names write it: 2.1e-3, 5e-4, 0.15."""
+    number = float(value)
+    if number == 0 or 1e-2 <= abs(number) < 1e3:
+        return f"{number:.3g}"
+    return re.sub(r"(\.0)?e([+-])0*(\d)", r"e\2\3", f"{number:.1e}")
+
+
 KNOBS = (
     Knob("label", str, None, "Label", "a string", nullable=True),
-    Knob("model", str, "tnet", "Model", choices=tuple(MODEL_HPARAMS)),
-    Knob("lr", float, 5e-4, "LR", "a number in (0, 10)", lambda v: 0 < v < 10, show=_scientific, log_scale=True),
+    Knob("model", str, "tnet", "Model", choices=tuple(MODEL_HPARAMS), slug=str),
+    Knob("lr", float, 5e-4, "LR", "a number in (0, 10)", lambda v: 0 < v < 10, show=_scientific, log_scale=True,
+         slug=lambda v: f"lr{_short(v)}"),
     Knob("weight_decay", float, 0.0, "Weight decay", "a number in [0, 1)", lambda v: 0 <= v < 1, show=_scientific,
-         log_scale=True),
-    Knob("loss", str, "l2", "Loss", choices=LOSSES, show=lambda v: str(v).upper()),
-    Knob("batchnorm", bool, False, "BN", "true or false", show=_yes_no),
-    Knob("dropout", float, 0.0, "Dropout", "a number in [0, 1)", lambda v: 0 <= v < 1, show=lambda v: f"{float(v):.3f}"),
+         log_scale=True, slug=lambda v: f"wd{_short(v)}" if v else ""),
+    Knob("loss", str, "l2", "Loss", choices=LOSSES, show=lambda v: str(v).upper(), slug=str),
+    Knob("batchnorm", bool, False, "BN", "true or false", show=_yes_no, slug=lambda v: "bn" if v else ""),
+    Knob("dropout", float, 0.0, "Dropout", "a number in [0, 1)", lambda v: 0 <= v < 1, show=lambda v: f"{float(v):.3f}",
+         slug=lambda v: f"do{_short(v)}" if v else ""),
     Knob("width", int, None, "Width", "a positive integer (or null: the model's default)", lambda v: v >= 1,
-         nullable=True),
-    Knob("latent", int, 8, "Latent", "a positive integer", lambda v: v >= 1),
-    Knob("batch_size", int, 32, "Batch", "an integer >= 2", lambda v: v >= 2),
+         nullable=True, slug=lambda v: f"w{int(v)}"),
+    Knob("latent", int, 8, "Latent", "a positive integer", lambda v: v >= 1, slug=lambda v: f"z{int(v)}"),
+    Knob("batch_size", int, 32, "Batch", "an integer >= 2", lambda v: v >= 2, slug=lambda v: f"b{int(v)}"),
     # what the loss compares the output with: the pair's second noisy copy (Noise2Noise) or the
     # clean image (Noise2Clean, for data made from clean images); the same batches either way
-    Knob("target", str, "noisy", "Target", choices=TARGETS),
+    Knob("target", str, "noisy", "Target", choices=TARGETS, slug=lambda v: "n2c" if v == "clean" else ""),
 )
 KNOB = {k.name: k for k in KNOBS}
 HPARAM_KEYS = tuple(KNOB)
@@ -128,6 +140,20 @@ def shown_knobs(config: dict) -> dict:
     model = config.get("model", TRIAL_DEFAULTS["model"])
     return {k.name: config[k.name] for k in KNOBS
             if k.name in config and (not k.models or model in k.models)}
+
+
+def trial_slug(config: dict) -> str:
+    """A trial's configuration in a few characters, for its folder and TensorBoard run:
+    `tnet-l2-bn-w64-lr2.1e-3-b16` (model, loss, batch norm, width, dropout, lr, weight decay,
+    batch size, Noise2Clean, and the first seed when it is not 0)."""
+    parts = []
+    for name, value in shown_knobs(config).items():
+        knob = KNOB[name]
+        if knob.slug is not None and not _missing(value):
+            parts.append(knob.slug(value))
+    if int(config.get("seed", 0) or 0):
+        parts.append(f"s{int(config['seed'])}")
+    return "-".join(p for p in parts if p)
 
 
 def _missing(value) -> bool:

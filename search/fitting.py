@@ -3,9 +3,12 @@ validation PSNR, retries, artifacts synced, progress lines) and the fit itself (
 Tune's result files kept to one row per epoch). The search and its refit both use them."""
 from __future__ import annotations
 
+import re
 import warnings
 
 from ray import tune
+
+from n2n_models.config import trial_slug
 
 from .experiment_folder import drop_superseded_results
 from .progress import ProgressLog, log
@@ -14,6 +17,36 @@ from .tune_internals import InterruptWatch
 
 def trial_name(trial) -> str:
     return f"trial_{trial.trial_id}"
+
+
+#: experiment path -> the last trial number this driver gave there (Tune copies the name creator)
+_NUMBERED: dict[str, int] = {}
+
+
+class TrialDirnames:
+    """Tune's trial_dirname_creator: a trial's folder, which is also its TensorBoard run, says its
+    number in the experiment and its configuration: `trial_07-tnet-lr2.1e-3-l2-bn-w64-b16`. The
+    numbers count on from the folders already in `experiment_path`, so a resumed search continues
+    them."""
+
+    def __init__(self, experiment_path: str):
+        self.experiment_path = experiment_path
+
+    def _last_used(self) -> int:
+        import pyarrow.fs
+
+        try:
+            fs, root = pyarrow.fs.FileSystem.from_uri(self.experiment_path)
+            names = [i.base_name for i in fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))]
+        except (OSError, ValueError):
+            names = []
+        return max((int(m.group(1)) for m in map(re.compile(r"trial_(\d+)-?").match, names) if m), default=0)
+
+    def __call__(self, trial) -> str:
+        number = max(_NUMBERED.get(self.experiment_path, 0), self._last_used()) + 1
+        _NUMBERED[self.experiment_path] = number
+        slug = trial_slug(trial.config)
+        return f"trial_{number:02d}-{slug}" if slug else f"trial_{number:02d}"
 
 
 def run_config(name: str, storage_path: str, trials: int, callbacks: list = (),

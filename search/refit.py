@@ -17,10 +17,12 @@ from analysis.tables import mean_pm_std
 from n2n_models.classical import yardstick_line
 from n2n_models.config import HPARAM_KEYS, OPEN_EPOCHS, check_config
 
+from .board import TrialBoard
 from .experiment import Experiment
 from .experiment_folder import experiment_exists
-from .fitting import fit, run_config, trial_name
+from .fitting import fit, run_config, TrialDirnames, trial_name
 from .progress import log
+from .spaces import space_of
 from .summary import print_next_steps, trial_rows
 
 
@@ -75,8 +77,10 @@ def run_refit(experiment: Experiment, config: dict, trainable, slots: int, yards
             trainable, param_space=space,
             tune_config=tune.TuneConfig(
                 search_alg=BasicVariantGenerator(max_concurrent=slots), num_samples=1, reuse_actors=True,
-                trial_name_creator=trial_name, trial_dirname_creator=trial_name, time_budget_s=seconds),
-            run_config=run_config(REFIT_FOLDER, experiment.path, len(seeds), stop=replica_stop(seconds, len(seeds), slots)))
+                trial_name_creator=trial_name, trial_dirname_creator=TrialDirnames(refit.path), time_budget_s=seconds),
+            run_config=run_config(REFIT_FOLDER, experiment.path, len(seeds), stop=replica_stop(seconds, len(seeds), slots),
+                                  callbacks=[TrialBoard(space_of(experiment).params, root=False,
+                                                        time_budget=seconds is not None)]))
     start = time.time()
     results, interrupted = fit(tuner)
     replicas = trial_rows(refit, results)

@@ -12,10 +12,11 @@ from n2n_models.classical import write_yardsticks
 from n2n_models.provenance import data_cache_key, record_search
 from trainables import make_trainable
 
+from .board import TrialBoard
 from .errors import SearchInterrupted, UsageError
 from .experiment import Experiment
 from .experiment_folder import experiment_exists, interrupted_hint, resolve_resume
-from .fitting import fit, run_config, trial_name
+from .fitting import fit, run_config, TrialDirnames, trial_name
 from .progress import log
 from .ray_session import check_reachable, connect, trial_resources
 from .searchers import make_searcher, write_study
@@ -142,19 +143,21 @@ def _run(experiment: Experiment, resume: bool, address: str | None) -> int:
         write_yardsticks(f"{experiment.path}/{YARDSTICKS_FILE}", yardsticks)
         mutations = population_space(space_of(experiment).params)[1] if experiment.scheduler == "pbt" else None
         scheduler = make_scheduler(experiment.scheduler, experiment.epochs, seconds, mutations, experiment.search_seed)
+        params = param_space(experiment)
+        board = TrialBoard(params, time_budget=seconds is not None, mutated=tuple(mutations or ()))
         tuner = tune.Tuner(
             trainable,
-            param_space=param_space(experiment),
+            param_space=params,
             tune_config=tune.TuneConfig(
                 metric=METRIC, mode=MODE, search_alg=make_searcher(experiment, slots, log),
                 scheduler=scheduler, num_samples=experiment.num_samples,
                 # Searchers take the limit here; Tune's own generators (grid, random) take it themselves
                 max_concurrent_trials=slots if experiment.searcher == "optuna" else None, reuse_actors=True,
-                trial_name_creator=trial_name, trial_dirname_creator=trial_name,
+                trial_name_creator=trial_name, trial_dirname_creator=TrialDirnames(experiment.path),
                 time_budget_s=seconds,
             ),
             run_config=run_config(experiment.name, experiment.storage, experiment.num_samples,
-                                  callbacks=scheduler_callbacks(scheduler), keep_all=experiment.scheduler == "pbt"),
+                                  callbacks=[*scheduler_callbacks(scheduler), board], keep_all=experiment.scheduler == "pbt"),
         )
     start = time.time()
     results, interrupted = fit(tuner)

@@ -49,8 +49,18 @@ def reports(experiments, one_thread):
 
 # -- an independent recomputation from each trial's progress.csv ------------------------------------
 def histories(experiment: Path) -> dict[str, pd.DataFrame]:
-    return {d.name.removeprefix("trial_"): pd.read_csv(d / "progress.csv", dtype={"trial_id": str})
-            for d in sorted(experiment.glob("trial_*"))}
+    """trial id -> its progress.csv (folders are named by number and configuration, the rows say the id)."""
+    frames = [pd.read_csv(d / "progress.csv", dtype={"trial_id": str}) for d in sorted(experiment.glob("trial_*"))]
+    return {frame["trial_id"].iloc[0]: frame for frame in frames}
+
+
+def trial_folders(experiment: Path) -> dict[str, Path]:
+    """trial id -> its folder."""
+    return {trial_id_of(d): d for d in sorted(experiment.glob("trial_*"))}
+
+
+def trial_id_of(folder: Path) -> str:
+    return str(pd.read_csv(folder / "progress.csv", dtype={"trial_id": str})["trial_id"].iloc[0])
 
 
 def seed_stats(row: pd.Series, metric: str) -> tuple[float, float]:
@@ -122,7 +132,7 @@ def tex_table(path: Path) -> pd.DataFrame:
 # -- Done when 1: every number equals a recomputation; csv, tex and md agree ----------------------------
 def test_table1_numbers_are_the_seed_mean_and_std_of_each_lr_after_the_last_epoch(experiments, reports):
     trials = histories(experiments["lr-grid"])
-    configs = {t: json.loads((experiments["lr-grid"] / f"trial_{t}" / "params.json").read_text()) for t in trials}
+    configs = {t: json.loads((trial_folders(experiments["lr-grid"])[t] / "params.json").read_text()) for t in trials}
     by_lr = sorted(trials, key=lambda t: configs[t]["lr"])
     csv = pd.read_csv(reports["lr-grid"] / "table1_lr.csv", dtype={"trial_id": str})
     md = md_table((reports["lr-grid"] / "report.md").read_text(), "Table 1")
@@ -145,7 +155,7 @@ def test_table1_numbers_are_the_seed_mean_and_std_of_each_lr_after_the_last_epoc
 
 def test_table2_has_the_report_shape_and_recomputed_numbers(experiments, reports):
     trials = histories(experiments["models"])
-    configs = {t: json.loads((experiments["models"] / f"trial_{t}" / "params.json").read_text()) for t in trials}
+    configs = {t: json.loads((trial_folders(experiments["models"])[t] / "params.json").read_text()) for t in trials}
     csv = pd.read_csv(reports["models"] / "table2_models.csv", dtype={"trial_id": str})
     md = md_table((reports["models"] / "report.md").read_text(), "Table 2")
     tex = tex_table(reports["models"] / "table2_models.tex")
@@ -188,7 +198,7 @@ def test_search_table_ranks_trials_by_their_best_epoch_seed_mean(experiments, re
         assert md.loc[i, "Epochs"] == f"{len(trials[trial])}/2"
         stopped = len(trials[trial]) < 2
         assert md.loc[i, "Status"] == ("stopped early" if stopped else "finished")
-        config = json.loads((experiments["tnet"] / f"trial_{trial}" / "params.json").read_text())
+        config = json.loads((trial_folders(experiments["tnet"])[trial] / "params.json").read_text())
         assert md.loc[i, "LR"] == f"{config['lr']:.2e}" and csv.loc[i, "lr"] == config["lr"]
 
 
@@ -218,7 +228,7 @@ def test_report_says_which_trials_errored_diverged_stopped_or_are_unfinished(exp
     damaged = tmp_path / "damaged"
     shutil.copytree(experiments["tnet"], damaged, ignore=shutil.ignore_patterns("report"))
     dirs = sorted(damaged.glob("trial_*"))
-    ids = [d.name.removeprefix("trial_") for d in dirs]
+    ids = [trial_id_of(d) for d in dirs]
     # an interrupted trial: one epoch, not done; a failed one: the same plus Ray's error.txt
     _rewrite(dirs[0], 1, _not_done)
     _rewrite(dirs[1], 1, _not_done)

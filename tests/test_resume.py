@@ -23,9 +23,11 @@ def interrupt_midway(storage, name, sig, part_trained=1):
     returns its exit status, its output, and per trial the histories logged and the epochs
     checkpointed on disk once the driver has exited."""
     experiment = storage / name
+    # The driver's files (progress.csv) reach the experiment folder when Tune saves the experiment,
+    # every 10 s by default: trials of a second an epoch were done before one showed up part-way.
     proc = subprocess.Popen([sys.executable, str(REPO / "search" / "run.py"), *ARGS, "--storage", str(storage),
                              "--name", name], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+                            start_new_session=True, env={**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1"})
     try:
         deadline = time.time() + 240
         while sum(1 <= checkpointed_epochs(trial) <= 3 and logged_epochs(trial) >= 1

@@ -2,6 +2,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -62,6 +63,7 @@ def test_grid_spaces_run_every_cell_with_five_seeds(experiments, space, cells):
 
 
 def test_tensorboard_files_hold_scalars_hparams_and_the_image_grid(local_ray, tmp_path):
+    from trainables.image_grid import IMAGE_TAG, labelled_grid
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import plugin_data_pb2
 
@@ -74,12 +76,13 @@ def test_tensorboard_files_hold_scalars_hparams_and_the_image_grid(local_ray, tm
         acc = EventAccumulator(str(trial), size_guidance={"images": 0, "scalars": 0, "tensors": 0})
         acc.Reload()
         tags = acc.Tags()
-        psnr = acc.Scalars("ray/tune/val_psnr")
+        psnr = acc.Scalars("psnr/val_psnr")
         assert [e.step for e in psnr] == [1, 2, 3], "one val_psnr point per epoch"
-        assert "ray/tune/best_val_psnr" in tags["scalars"] and "ray/tune/train_loss" in tags["scalars"]
-        images = acc.Images("denoised")
+        assert "psnr/best_val_psnr" in tags["scalars"] and "trial/train_loss" in tags["scalars"]
+        images = acc.Images(IMAGE_TAG)
         assert images, "the denoised-image grid is in the trial's TensorBoard files"
-        assert images[-1].width == 8 * 32 and images[-1].height == 3 * 32
+        picture = labelled_grid([(row, np.zeros((8, 3, 32, 32))) for row in ("noisy", "denoised", "clean")], "")
+        assert (images[-1].height, images[-1].width) == picture.shape[:2], "8 images in 3 labelled rows"
         best_epoch = int(pd.read_csv(trial / "progress.csv")["best_epoch"].iloc[-1])
         assert images[-1].step == best_epoch, "the last grid is the trial's best epoch"
         hparams = None

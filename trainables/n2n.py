@@ -26,6 +26,8 @@ from n2n_models.config import TRIAL_DEFAULTS, spec_from_config
 from n2n_models.metrics import psnr_uint8
 from n2n_models.train import ReplicaTrainer, training_target
 
+from .image_grid import ImageGrid
+
 def trial_device() -> torch.device:
     gpu_ids = ray.get_gpu_ids()
     if gpu_ids and torch.cuda.is_available():
@@ -115,7 +117,8 @@ def train_n2n(config: dict, data: dict | None = None, yardsticks: dict | None = 
         val_psnr, test_psnr = float(seed_psnr.mean()), float(seed_test.mean())
         if not diverged and val_psnr > best:
             best, best_epoch, best_test = val_psnr, trainer.epoch, test_psnr
-            grid.write(trainer, arrays["val_noisy"], arrays["val_clean"], trainer.epoch)
+            grid.write(trainer, arrays["val_noisy"], arrays["val_clean"], trainer.epoch, float(seed_psnr[0]),
+                       spec.seeds[0])
         metrics = {
             "val_psnr": val_psnr,
             "val_psnr_std": float(seed_psnr.std(unbiased=True)) if trainer.k > 1 else 0.0,
@@ -146,28 +149,6 @@ def train_n2n(config: dict, data: dict | None = None, yardsticks: dict | None = 
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
         if diverged:
             return
-
-
-class ImageGrid:
-    """Noisy / denoised (first replica) / clean rows of a few validation images, written to
-    TensorBoard in the trial's folder under the tag `denoised` each time the trial improves, so
-    its last step is the trial's best epoch."""
-
-    def __init__(self, count: int):
-        self.count, self.writer = count, None
-
-    def write(self, trainer, val_noisy, val_clean, epoch: int):
-        if self.count <= 0:
-            return
-        if self.writer is None:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(log_dir=tune.get_context().get_trial_dir(), filename_suffix=".images")
-        noisy, clean = val_noisy[: self.count], val_clean[: self.count]
-        rows = [noisy.cpu().float() / 255, trainer.predict(noisy)[0].cpu(), clean.cpu().float() / 255]
-        grid = torch.cat([torch.cat(list(row), dim=2) for row in rows], dim=1)  # (3, 96, count * 32)
-        self.writer.add_image("denoised", grid.clamp(0, 1), global_step=epoch)
-        self.writer.flush()
 
 
 class InjectedFault(RuntimeError):
