@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import matplotlib
+import matplotlib.collections
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -54,22 +55,28 @@ def learning_curves(exp: ExperimentData, path) -> bool:
     if history.empty:
         return False
     order = exp.trials.sort_values(_value_columns(exp)[0], ascending=False, na_position="last").index
-    highlighted = list(order) if exp.is_grid else list(order[:TOP])
+    highlighted = {trial_id: rank for rank, trial_id in enumerate(order if exp.is_grid else order[:TOP], 1)}
     names = trial_names(exp)
     fig, ax = plt.subplots(figsize=(7, 4.2))
+    by_trial = {trial_id: h.sort_values("epoch") for trial_id, h in history.groupby("trial_id", sort=False)}
+    rest = []  # the other trials' curves, in grey, drawn as one collection (thousands of lines)
     for trial_id in order:
-        h = history[history["trial_id"] == trial_id].sort_values("epoch")
-        if h.empty:
+        h = by_trial.get(trial_id)
+        if h is None:
             continue
         x, y = h["epoch"].to_numpy(), h["psnr_mean"].to_numpy()
-        std = h["psnr_std"].fillna(0).to_numpy()
         if trial_id in highlighted:
-            rank = highlighted.index(trial_id) + 1
+            std = h["psnr_std"].fillna(0).to_numpy()
+            rank = highlighted[trial_id]
             label = names[trial_id] if exp.is_grid else f"#{rank} {trial_id} ({exp.trials.loc[trial_id, 'status']})"
             line, = ax.plot(x, y, marker="o", ms=3, lw=1.6, label=label)
             ax.fill_between(x, y - std, y + std, color=line.get_color(), alpha=0.2, lw=0)
         else:
-            ax.plot(x, y, color="0.7", lw=0.8, zorder=0)
+            rest.append(np.column_stack([x, y]))
+    if rest:
+        ax.add_collection(matplotlib.collections.LineCollection(rest, colors="0.7", linewidths=0.8, zorder=0,
+                                                                alpha=max(0.15, min(1.0, 30 / len(rest)))))
+        ax.autoscale_view()
     noisy = exp.trials.get("noisy_psnr", pd.Series(dtype=float)).dropna()
     if not noisy.empty:
         ax.axhline(float(noisy.iloc[0]), color="k", ls="--", lw=1, label="noisy input")

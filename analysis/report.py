@@ -103,7 +103,11 @@ def _table_md(table: Table, title: str) -> list[str]:
         lines.append(table.to_markdown())
     lines.append("")
     if table.notes:
-        lines += [f"- {note}" for note in table.notes] + [""]
+        lines += [f"- {note}" for note in table.notes[:MD_ROWS]]
+        if len(table.notes) > MD_ROWS:
+            lines.append(f"- and {len(table.notes) - MD_ROWS} more trials like these (their status and error "
+                         f"are in [{table.name}.csv]({table.name}.csv))")
+        lines.append("")
     lines += [f"Files: [{table.name}.csv]({table.name}.csv) (full precision, one row per configuration), "
               f"[{table.name}.tex]({table.name}.tex).", ""]
     return lines

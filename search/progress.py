@@ -22,9 +22,14 @@ def log(message: str):
         print(f"[n2n-search] {message}", flush=True)
 
 
+#: Searches of more trials than this get no line per ended trial, only the throttled status line.
+PER_TRIAL_LINES = 64
+
+
 class ProgressLog(tune.Callback):
-    """One line when a trial ends, at most every `every` seconds on results, and at least every
-    `quiet` seconds while trials run (long epochs report nothing for minutes)."""
+    """One line when a trial ends (searches of up to PER_TRIAL_LINES trials), at most every `every`
+    seconds on results, and at least every `quiet` seconds while trials run (long epochs report
+    nothing for minutes)."""
 
     def __init__(self, total: int, log, every: float = 15.0, quiet: float = 60.0):
         self.total, self.log, self.every, self.quiet = total, log, every, quiet
@@ -45,6 +50,10 @@ class ProgressLog(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.done += 1
+        if self.total > PER_TRIAL_LINES:  # thousands of lines help nobody (and each counts every trial)
+            if time.time() - self.last >= self.every or self.done == self.total:
+                self._line(trials, ended=trial)
+            return
         last = trial.last_result or {}
         self.log(f"trial {trial.trial_id} ended after {last.get('training_iteration', 0)} epochs: "
                  f"val_psnr {last.get('val_psnr', float('nan')):.2f} dB (best {last.get('best_val_psnr', float('nan')):.2f})")
