@@ -14,6 +14,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
+from n2n_models.config import KNOB  # noqa: E402
 from n2n_models.metrics import psnr_per_image  # noqa: E402
 from n2n_models.smoothgrad import heatmap, smoothgrad  # noqa: E402
 
@@ -92,8 +93,17 @@ def learning_curves(exp: ExperimentData, path) -> bool:
     return True
 
 
+#: An integer knob with more values than this is drawn on a numeric axis, not one tick per value.
+MAX_CATEGORIES = 12
+
+
 def _is_numeric(key: str, values: pd.Series) -> bool:
-    return key in ("lr", "dropout") and pd.api.types.is_numeric_dtype(values)
+    """A float knob (lr, weight decay, dropout), or an integer one with many values, on a numeric axis."""
+    knob = KNOB.get(key)
+    if knob is None or knob.kind not in (int, float) or not pd.api.types.is_numeric_dtype(values) \
+            or pd.api.types.is_bool_dtype(values):
+        return False
+    return knob.kind is float or values.nunique() > MAX_CATEGORIES
 
 
 def psnr_vs_hparams(exp: ExperimentData, path) -> bool:
@@ -117,7 +127,7 @@ def psnr_vs_hparams(exp: ExperimentData, path) -> bool:
         values = trials[key]
         if _is_numeric(key, values):
             x = values.astype(float).to_numpy()
-            if key == "lr":
+            if KNOB[key].log_scale and (x > 0).all():
                 ax.set_xscale("log")
                 ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # labels would overlap
         else:
@@ -133,7 +143,8 @@ def psnr_vs_hparams(exp: ExperimentData, path) -> bool:
             mask = (trials["status"] == status).to_numpy()
             if mask.any():
                 ax.errorbar(x[mask], trials[mean_col].to_numpy()[mask], yerr=trials[std_col].fillna(0).to_numpy()[mask],
-                            fmt="o", color=colour, ms=5, capsize=3, label=status)
+                            fmt="o", color=colour, label=status,
+                            **({"ms": 5, "capsize": 3} if len(trials) <= 100 else {"ms": 2, "capsize": 0, "alpha": 0.5}))
         ax.set_xlabel(key)
         ax.grid(alpha=0.3)
     for ax in axes.flat[len(keys):]:

@@ -13,6 +13,9 @@ from .load import ExperimentData
 MIN_TRIALS = 4
 SEED = 0  # fANOVA's random forest
 USED_STATUSES = ("finished", "stopped early", "out of time")  # stopped trials count, with their best value before the stop
+#: fANOVA's cost grows faster than its trials (3 minutes for 1,000 on 2 cores, bench/scale.py): a
+#: larger search's importance is computed from this many of its trials, drawn at random (seeded).
+MAX_TRIALS = 256
 
 
 class Skip(Exception):
@@ -31,7 +34,8 @@ def _distribution(key: str, values: list):
 
 
 def param_importances(exp: ExperimentData) -> tuple[dict, str, int]:
-    """({hyperparameter: importance} most important first, evaluator name, trials used); raises Skip."""
+    """({hyperparameter: importance} most important first, evaluator name, trials used); raises Skip.
+    Of more than MAX_TRIALS usable trials, a seeded random MAX_TRIALS are used."""
     if exp.is_grid:
         raise Skip("the report's grids are compared cell by cell in their table; importance is for searches")
     trials = exp.trials[exp.trials["status"].isin(USED_STATUSES)].dropna(subset=["best_psnr_mean"])
@@ -41,6 +45,11 @@ def param_importances(exp: ExperimentData) -> tuple[dict, str, int]:
     keys = [k for k in keys if trials[k].notna().all() and trials[k].astype(str).nunique() > 1]
     if not keys:
         raise Skip("no hyperparameter varies across the trials with a result")
+    if len(trials) > MAX_TRIALS:
+        import numpy as np
+
+        picked = np.sort(np.random.default_rng(SEED).choice(len(trials), MAX_TRIALS, replace=False))
+        trials = trials.iloc[picked]
     import optuna
     from optuna.importance import FanovaImportanceEvaluator, get_param_importances
 

@@ -182,7 +182,7 @@ def _write_report(exp: ExperimentData, out: Path, stage: Path, samples: int) -> 
     """The report's files written into `stage`; the text names them as they will lie in `out`."""
     from analysis import figures
     from analysis.export import export_best, exported, load_refit
-    from analysis.importance import Skip, param_importances
+    from analysis.importance import USED_STATUSES, Skip, param_importances
     from n2n_models.export import load_model
     from n2n_models.metrics import psnr
 
@@ -273,6 +273,7 @@ def _write_report(exp: ExperimentData, out: Path, stage: Path, samples: int) -> 
     md += ["### Hyperparameter importance", ""]
     try:
         importances, evaluator, used = param_importances(exp)
+        usable = int((exp.trials["status"].isin(USED_STATUSES) & exp.trials["best_psnr_mean"].notna()).sum())
     except Skip as e:
         md += [f"Not computed: {e}.", ""]
     else:
@@ -280,8 +281,9 @@ def _write_report(exp: ExperimentData, out: Path, stage: Path, samples: int) -> 
         table.write(stage)
         figures.importance_figure(importances, evaluator, stage / "importance.png")
         md += ["![Hyperparameter importance](importance.png)", "", table.caption + f" Computed from {used} "
-               "finished or ASHA-stopped trials (value: each one's best seed-mean PSNR); with few "
-               "trials it is a rough indication.", "", table.to_markdown(), "",
+               "finished or ASHA-stopped trials (value: each one's best seed-mean PSNR)"
+               + (f", drawn at random (seeded) from the search's {usable}" if usable > used else "")
+               + "; with few trials it is a rough indication.", "", table.to_markdown(), "",
                "Files: [importance.csv](importance.csv), [importance.tex](importance.tex).", ""]
     (stage / "report.md").write_text("\n".join(md), encoding="utf-8")
     return tables

@@ -15,6 +15,7 @@ of this machine), run as a user runs it (`python search/run.py`, its own local R
     searcher and generator state, tuner.pkl, callback states);
   - resume: wall time of `--resume` on the finished search (nothing left to train);
   - report: wall time, peak memory and CPU time of `analysis/report.py` on it.
+`--storage DIR --reuse` measures --resume and the report again on the searches an earlier run kept.
 Then the growth exponent of each figure between consecutive sizes: the slope of log(figure)
 against log(N) (1 = linear; a per-trial figure that stays flat has slope 0).
 """
@@ -92,23 +93,32 @@ def slots_of(output: str) -> int:
     return int(line.split(marker)[0].rsplit(" ", 1)[-1]) if line else os.cpu_count()
 
 
-def measure(size: int, storage: Path) -> dict:
+def measure(size: int, storage: Path, reuse: bool = False) -> dict:
+    """The figures of a search of `size` trials; with `reuse`, the search's own figures are read back
+    from the file an earlier run left beside it, and only --resume and the report are measured again."""
     name = f"scale-{size}"
     run = [sys.executable, "search/run.py", *SEARCH, "--num-samples", str(size), "--storage", str(storage),
            "--name", name]
-    print(f"[scale] {size} trials ...", flush=True)
-    search = watch(run)
-    path = storage / name
-    recorded, trained = trials_time(path)
-    slots = slots_of(search["output"])
-    folder_mb, state_mb = folder_size(path)
+    path, saved = storage / name, storage / f"{name}.json"
+    if reuse and saved.is_file():
+        print(f"[scale] {size} trials: the search's figures from {saved}", flush=True)
+        row = {k: v for k, v in json.loads(saved.read_text()).items() if not k.startswith(("resume", "report"))}
+    else:
+        print(f"[scale] {size} trials ...", flush=True)
+        search = watch(run)
+        recorded, trained = trials_time(path)
+        slots = slots_of(search["output"])
+        folder_mb, state_mb = folder_size(path)
+        row = {"trials": size, "recorded": recorded, "slots": slots, "wall_s": search["wall_s"],
+               "beyond_training_s": (search["wall_s"] - trained / slots) / size,
+               "driver_cpu_s": search["cpu_s"], "driver_peak_mb": search["peak_mb"],
+               "folder_mb": folder_mb, "tune_state_mb": state_mb}
     resume = watch(run + ["--resume"])
+    shutil.rmtree(path / "report", ignore_errors=True)
     report = watch([sys.executable, "analysis/report.py", str(path)])
-    row = {"trials": size, "recorded": recorded, "slots": slots, "wall_s": search["wall_s"],
-           "beyond_training_s": (search["wall_s"] - trained / slots) / size,
-           "driver_cpu_s": search["cpu_s"], "driver_peak_mb": search["peak_mb"],
-           "folder_mb": folder_mb, "tune_state_mb": state_mb, "resume_s": resume["wall_s"],
-           "report_s": report["wall_s"], "report_peak_mb": report["peak_mb"], "report_cpu_s": report["cpu_s"]}
+    row.update(resume_s=resume["wall_s"], report_s=report["wall_s"], report_peak_mb=report["peak_mb"],
+               report_cpu_s=report["cpu_s"])
+    saved.write_text(json.dumps(row))
     print("[scale] " + json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
     return row
 
@@ -134,11 +144,13 @@ def main(argv=None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 5000])
     parser.add_argument("--storage", help="where the experiments go (default: a temporary folder, removed)")
     parser.add_argument("--keep", action="store_true", help="keep the experiments")
+    parser.add_argument("--reuse", action="store_true",
+                        help="with --storage of an earlier run: measure only --resume and the report again")
     args = parser.parse_args(argv)
     storage = Path(args.storage or tempfile.mkdtemp(prefix="n2n-scale-"))
     load = os.getloadavg()
     try:
-        table = pd.DataFrame([measure(n, storage) for n in sorted(args.sizes)])
+        table = pd.DataFrame([measure(n, storage, args.reuse) for n in sorted(args.sizes)])
     finally:
         if not args.keep and not args.storage:
             shutil.rmtree(storage, ignore_errors=True)
