@@ -43,7 +43,9 @@ class TrialDirnames:
         return max((int(m.group(1)) for m in map(re.compile(r"trial_(\d+)-?").match, names) if m), default=0)
 
     def __call__(self, trial) -> str:
-        number = max(_NUMBERED.get(self.experiment_path, 0), self._last_used()) + 1
+        if self.experiment_path not in _NUMBERED:  # the folder is listed once per driver, not per trial
+            _NUMBERED[self.experiment_path] = self._last_used()
+        number = _NUMBERED[self.experiment_path] + 1
         _NUMBERED[self.experiment_path] = number
         slug = trial_slug(trial.config)
         return f"trial_{number:02d}-{slug}" if slug else f"trial_{number:02d}"
