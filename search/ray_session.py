@@ -16,7 +16,7 @@ from . import private_network
 from .errors import UsageError
 from .experiment import Experiment
 from .progress import log
-from .tune_internals import LOOPBACK_NODE
+from .tune_internals import LOOPBACK_NODE, cluster_launcher_config
 
 
 def connect(address: str | None):
@@ -95,8 +95,8 @@ def check_reachable(address: str, timeout: float = 10.0):
 
 def trial_resources(experiment: Experiment, joined: bool = False) -> tuple[float, float, int]:
     """(cpus, gpus) per trial and the number of trials the cluster can run at once. A trial that no
-    machine of a local Ray can hold is a usage error (it would wait for ever); on a joined cluster
-    it is a warning, since an autoscaler may add such a node."""
+    node can hold is a usage error (it would wait for ever), unless the cluster is one that an
+    autoscaler may add such a node to: then it is a warning."""
     total = ray.cluster_resources()
     cpus, gpus_total = experiment.cpus_per_trial, total.get("GPU", 0)
     gpus = experiment.gpus_per_trial
@@ -117,17 +117,56 @@ def trial_resources(experiment: Experiment, joined: bool = False) -> tuple[float
 
 def check_trial_fits(cpus: float, gpus: float, joined: bool, max_concurrent: int | None):
     """A trial's CPUs and GPUs must fit on one node (Tune places each trial on a single node)."""
-    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
-    if any(r.get("CPU", 0) + 1e-9 >= cpus and r.get("GPU", 0) + 1e-9 >= gpus for r in nodes):
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    resources = [n.get("Resources", {}) for n in nodes]
+    if any(r.get("CPU", 0) + 1e-9 >= cpus and r.get("GPU", 0) + 1e-9 >= gpus for r in resources):
         return
-    largest = max(nodes, key=lambda r: (r.get("GPU", 0), r.get("CPU", 0)), default={})
+    largest = max(resources, key=lambda r: (r.get("GPU", 0), r.get("CPU", 0)), default={})
     has = f"{largest.get('CPU', 0):g} CPUs and {largest.get('GPU', 0):g} GPUs"
     asked = f"a trial asks for {cpus:g} CPU and {gpus:g} GPU"
+    # a flag is worth lowering where a node has some of that resource (a trial needs at least some CPU)
+    flags = [f for f, need, key in (("--cpus-per-trial", cpus, "CPU"), ("--gpus-per-trial", gpus, "GPU"))
+             if need > largest.get(key, 0) + 1e-9 and (largest.get(key, 0) > 0 or key == "GPU")]
+    lower = f"lower {' and '.join(flags)}, or " if flags else ""
     if not joined:
-        flags = [f for f, need, key in (("--cpus-per-trial", cpus, "CPU"), ("--gpus-per-trial", gpus, "GPU"))
-                 if need > largest.get(key, 0) + 1e-9]
-        raise UsageError(f"{asked}, but this machine has {has}, so no trial could ever start; lower "
-                         f"{' and '.join(flags)}, or join a bigger cluster with --address")
+        raise UsageError(f"{asked}, but this machine has {has}, so no trial could ever start; {lower}join a "
+                         f"bigger cluster with --address")
+    why = nothing_can_add_a_node(nodes)
+    if why:
+        raise UsageError(f"{asked}, but no node of this cluster has that (the largest has {has}) and nothing can "
+                         f"add one ({why}), so no trial could ever start; {lower}start Ray on a machine that can "
+                         f"hold one (a head started with --num-cpus=0 runs no trial: docs/cluster.md)")
     hint = "" if max_concurrent else "; pass --max-concurrent N (trials at a time once workers are up)"
     log(f"warning: {asked}, but no node of the cluster has that now (the largest has {has}); trials wait "
         f"until an autoscaler adds such a node{hint}")
+
+
+def nothing_can_add_a_node(nodes: list[dict]) -> str | None:
+    """Why no node can join the cluster this driver runs in, or None where one may (or where that
+    cannot be told). Only the head knows: `ray up` leaves the cluster's config there."""
+    head = ray.get_runtime_context().gcs_address.rpartition(":")[0]
+    if head != ray.util.get_node_ip_address():
+        return None  # a driver on a worker node: the head's config is out of sight
+    return no_node_to_add(cluster_launcher_config(), {n.get("NodeManagerAddress") for n in nodes})
+
+
+def no_node_to_add(config: dict | None, joined: set[str]) -> str | None:
+    """The same, from the config `ray up` left on the head (tune_internals.cluster_launcher_config)
+    and the addresses of the nodes there are. A head without one was started by hand with `ray
+    start`, so no autoscaler runs; Ray's local provider adds only the machines in `worker_ips`, so
+    once all of them are nodes nothing more can come."""
+    if config is None:
+        return "no autoscaler: the cluster was not started with `ray up`"
+    provider = config.get("provider") or {}
+    if provider.get("type") != "local" or "coordinator_address" in provider:
+        return None  # a cloud provider, or a coordinator that lends machines: an autoscaler may add nodes
+    if any(_address_of(ip) not in joined for ip in provider.get("worker_ips") or []):
+        return None  # `ray up` returns before the head's autoscaler has started the workers
+    return "Ray's local provider, and every machine in worker_ips is a node already"
+
+
+def _address_of(host: str) -> str:
+    try:
+        return socket.gethostbyname(host)
+    except OSError:
+        return host

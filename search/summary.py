@@ -12,6 +12,8 @@ from analysis.load import trial_status
 from n2n_models.classical import yardstick_line
 from n2n_models.config import shown_knobs
 
+from .tune_internals import cluster_launcher_config
+
 
 def trial_rows(experiment, results) -> pd.DataFrame:
     """One row per trial: its configuration, its best epoch's seed mean ± std, and its fate."""
@@ -96,5 +98,10 @@ def print_next_steps(experiment) -> None:
     if "://" in experiment.path:  # the report reads a local folder
         local = shlex.quote(f"runs/{experiment.name}")
         print(f"Write the report: aws s3 sync {path} {local} && python analysis/report.py {local}", file=out)
+    elif cluster_launcher_config() is not None:  # this is a head that `ray up` started: the user is elsewhere
+        local = shlex.quote(f"runs/{experiment.name}")
+        print(f"Write the report: python analysis/report.py {path} here on the head, or on your machine: "
+              f"ray rsync-down CLUSTER.yaml {shlex.quote(experiment.path + '/')} {local}/ && "
+              f"python analysis/report.py {local}", file=out)
     else:
         print(f"Write the report: python analysis/report.py {path}", file=out)

@@ -31,6 +31,13 @@ What is relied on (ray 2.60), and why no public API does it:
   or a wrapper such as `Quantized`) is the only record of how a domain draws (sampling_of).
   search/searchers.py turns a param_space into Optuna distributions from them; Tune's own converter
   is a private part of its OptunaSearch.
+- `~/ray_bootstrap_config.yaml` (CLUSTER_LAUNCHER_CONFIG): the cluster config that `ray up`
+  leaves on the head for the autoscaler (JSON; its `provider` with `type`, and for Ray's local
+  provider `worker_ips` and, when machines are lent by a coordinator, `coordinator_address`). Tune's
+  own test for "an autoscaler may add nodes" is whether this file exists on the driver's machine
+  (ray.tune.execution.cluster_info._is_ray_cluster); nothing public says whether a cluster can grow.
+  search/ray_session.py reads it to tell a trial that waits for a node from one that never starts.
+  tests/test_tune_internals.py checks that Tune looks for this path, tests/test_ray_up.py that `ray up` writes it with these keys.
 - That `Tuner.restore` does not restore the scheduler's state (it unpickles the scheduler as it was
   when the Tuner was built) while it does restore callbacks' `get_state`, and that a callback and
   the scheduler it holds are pickled together in `tuner.pkl`, so the restored callback holds the
@@ -41,6 +48,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 
 TUNE_RUN_LOGGER = "ray.tune.tune"
 INTERRUPTED_TEXT = "interrupted"
@@ -53,6 +61,19 @@ STORAGE_MARKER_FILE = ".validate_storage_marker"
 RESULT_FILE, PROGRESS_FILE = "result.json", "progress.csv"
 
 LOOPBACK_NODE = {"_node_ip_address": "127.0.0.1"}  # keyword arguments of ray.init for a local Ray
+CLUSTER_LAUNCHER_CONFIG = "~/ray_bootstrap_config.yaml"  # written by `ray up` on the head, and only there
+
+
+def cluster_launcher_config() -> dict | None:
+    """The cluster config that `ray up` left on this machine (so it is a cluster's head), or None."""
+    import yaml  # the file is JSON, which YAML reads too
+
+    path = os.path.expanduser(CLUSTER_LAUNCHER_CONFIG)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        config = yaml.safe_load(f)
+    return config if isinstance(config, dict) else None
 
 
 def is_experiment_state(name: str) -> bool:

@@ -192,6 +192,40 @@ def test_a_trial_needing_more_gpus_than_the_local_ray_has_exits_2(local_ray, tmp
 
 
 @pytest.mark.slow
+def test_a_trial_no_node_can_hold_on_a_cluster_without_autoscaler_exits_2_within_a_minute(tmp_path):
+    """A cluster started by hand (as `ray start --head --num-cpus=0`; here Ray's own Cluster helper)
+    whose only node has no CPU: no autoscaler can add a node, so Tune would wait for ever. The search
+    joins it with --address and exits 2 with one line, before anything is written."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():  # the session's local Ray from other tests
+        ray.shutdown()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    try:
+        home = tmp_path / "home"  # no ~/ray_bootstrap_config.yaml here: this cluster was not made by `ray up`
+        home.mkdir()
+        token = Path.home() / ".ray" / "auth_token"
+        env = {"HOME": str(home), **({"RAY_AUTH_TOKEN_PATH": str(token)} if token.exists() else {})}
+        began = time.time()
+        proc = run_cli("--budget", "smoke", "--data", "synthetic", "--train-size", "16", "--val-size", "8",
+                       "--address", cluster.address, "--storage", str(tmp_path / "runs"), timeout=120, env=env)
+        took = time.time() - began
+    finally:
+        cluster.shutdown()
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("search/run.py: error: a trial asks for 1 CPU and 0 GPU, but no node of this cluster "
+                             "has that (the largest has 0 CPUs and 0 GPUs) and nothing can add one (no autoscaler"), err
+    assert "--cpus-per-trial" not in err[0], "no node has a CPU: lowering the trial's CPUs cannot help"
+    assert "--num-cpus=0" in err[0], "the message names the likely cause"
+    assert took < 60, f"{took:.0f} s"
+    print(f"exit 2 after {took:.1f} s")
+    assert not (tmp_path / "runs").exists(), "nothing is written"
+
+
+@pytest.mark.slow
 def test_ctrl_c_while_loading_data_says_nothing_was_saved(tmp_path):
     """A Ctrl-C before Tune has saved anything (here: the driver blocked reading an image that is
     a FIFO) exits 130 with one line that does not send the user to --resume, which would fail."""

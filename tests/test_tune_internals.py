@@ -5,6 +5,7 @@ import logging
 import os
 import signal
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -139,3 +140,15 @@ def test_tune_domains_say_their_bounds_categories_and_sampling():
                   tune.sample_from(lambda spec: 1)):
         assert sampling_of(other) == "other", other
     assert isinstance(tune.randint(1, 4), sample.Domain) and not isinstance(tune.randint(1, 4), sample.Float)
+
+
+def test_tune_looks_for_the_config_that_search_reads(tmp_path, monkeypatch):
+    """Tune's own "is there an autoscaler" test and search/ray_session.py look at the same file."""
+    from ray.tune.execution.cluster_info import _is_ray_cluster
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert not _is_ray_cluster.__wrapped__() and tune_internals.cluster_launcher_config() is None
+    Path(os.path.expanduser(tune_internals.CLUSTER_LAUNCHER_CONFIG)).write_text(
+        '{"provider": {"type": "local", "head_ip": "10.0.0.1", "worker_ips": []}}')
+    assert _is_ray_cluster.__wrapped__()
+    assert tune_internals.cluster_launcher_config()["provider"]["worker_ips"] == []
