@@ -101,7 +101,7 @@ def print_next_steps(experiment) -> None:
     elif cluster_launcher_config() is not None:  # this is a head that `ray up` started: the user is elsewhere
         local = shlex.quote(f"runs/{experiment.name}")
         print(f"Write the report: python analysis/report.py {path} here on the head, or on your machine: "
-              f"ray rsync-down CLUSTER.yaml {shlex.quote(experiment.path + '/')} {local}/ && "
+              f"mkdir -p runs && ray rsync-down CLUSTER.yaml {shlex.quote(experiment.path + '/')} {local}/ && "
               f"python analysis/report.py {local}", file=out)
     else:
         print(f"Write the report: python analysis/report.py {path}", file=out)

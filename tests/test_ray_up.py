@@ -40,7 +40,7 @@ TUNNEL = "ray dashboard -p 8266 cluster-local.yaml"
 JOB_API = "export RAY_ADDRESS=http://127.0.0.1:8265 RAY_AUTH_MODE=token"
 SUBMIT = ("ray job submit --submission-id tnet-local --working-dir . -- \\\n"
           "  python search/run.py --space tnet --budget quick --address auto --storage '~/n2n-runs' --name tnet-local")
-FETCH = "ray rsync-down cluster-local.yaml '~/n2n-runs/tnet-local/' runs/tnet-local/"
+FETCH = "mkdir -p runs && ray rsync-down cluster-local.yaml '~/n2n-runs/tnet-local/' runs/tnet-local/"
 REPORT = "python analysis/report.py runs/tnet-local"
 DOWN = "ray down cluster-local.yaml --yes"
 CLEAN_UP = """\
@@ -146,6 +146,7 @@ mount -t tmpfs none /tmp && mkdir -p "$WORK" && mount --bind /mnt/work "$WORK"
 mount -t tmpfs none /run && mkdir -p /run/sshd && mount -t tmpfs none /dev/shm
 mkdir -p /tmp/overlay/upper /tmp/overlay/work
 mount -t overlay overlay -o "lowerdir=$REPO,upperdir=/tmp/overlay/upper,workdir=/tmp/overlay/work" "$REPO"
+rm -rf "$REPO/runs"  # as in a fresh clone (git ignores runs/); in the overlay only, the checkout keeps it
 if [ -n "$VENV_OUTSIDE" ]; then mount --bind "$VENV" "$VENV" && mount -o remount,bind,ro "$VENV"; fi
 mkdir -p "$H/.ssh" && cp -r /etc/skel/. "$H/" && chmod 700 "$H/.ssh"
 sed "s#^root:\([^:]*\):0:0:\([^:]*\):[^:]*:#root:\1:0:0:\2:$H:#" /etc/passwd > "$WORK/passwd"
@@ -248,7 +249,7 @@ def test_machines_you_own_from_ray_up_to_report_and_back_to_nothing(tmp_path):
     assert ["job", "Job 'tnet-local' succeeded"] in marks, tail
     assert f"{HEAD_CPUS} trials at a time (1 CPU, 0 GPU each)" in out, tail
     # its closing lines say how to fetch the results from the head
-    assert "ray rsync-down CLUSTER.yaml /" in out and "tnet-local/ runs/tnet-local/ && python analysis/report.py" in out, tail
+    assert "mkdir -p runs && ray rsync-down CLUSTER.yaml /" in out and "tnet-local/ runs/tnet-local/ && python analysis/report.py" in out, tail
     assert "no node of the cluster has that now" not in out and "wait until an autoscaler" not in out
     fetched = work / "fetched"
     assert (fetched / "n2n_experiment.json").is_file() and len(list(fetched.glob("trial_*/progress.csv"))) == 2
