@@ -199,7 +199,8 @@ def script() -> str:
         step("fetch", FETCH),
         step("report", REPORT),
         'cp -r runs/tnet-local "$WORK/fetched"',
-        "kill -- -$tunnel; sleep 1  # Ctrl-C in its terminal",
+        "kill -INT -- -$tunnel  # Ctrl-C in its terminal; then its ssh may take a moment to let the port go",
+        "for i in $(seq 40); do ss -Hltn | grep -q ':8266 ' || break; sleep 0.25; done",
         step("down", DOWN),
         step("clean-up", stand_in(CLEAN_UP)),
     ]
