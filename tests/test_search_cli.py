@@ -232,14 +232,24 @@ def test_ctrl_c_while_loading_data_says_nothing_was_saved(tmp_path):
     photos = tmp_path / "photos"
     photos.mkdir()
     os.mkfifo(photos / "a.png")
-    writer = []
+    writer, opened = [], []
 
-    def reading(pid):  # the driver has the FIFO open once a non-blocking writer can open it
+    def reading(pid):
+        """The driver has the FIFO open once a non-blocking writer can open it; then wait until it
+        blocks reading (the kernel's wait channel says so; 3 s where it is hidden): a SIGINT in
+        the moment between its open() and its read() is one CPython notices only after the read,
+        which never ends."""
+        if not writer:
+            try:
+                writer.append(os.open(photos / "a.png", os.O_WRONLY | os.O_NONBLOCK))
+                opened.append(time.time())
+            except OSError:
+                return False
         try:
-            writer.append(os.open(photos / "a.png", os.O_WRONLY | os.O_NONBLOCK))
-            return True
+            wchan = Path(f"/proc/{pid}/wchan").read_text()
         except OSError:
-            return False
+            wchan = ""
+        return "pipe_read" in wchan or time.time() - opened[0] > 3
 
     rc, out, err = interrupt_when(["search/run.py", "--budget", "smoke", "--data", f"folder:{photos}",
                                    "--storage", str(tmp_path / "runs"), "--name", "x"], reading)
