@@ -49,7 +49,7 @@ def test_a_pbt_search_exploits_and_is_reported_like_any_search(tmp_path, capsys)
     started = not ray.is_initialized()
     try:
         assert main(["--space", "tnet", "--scheduler", "pbt", "--budget", "smoke", "--data", "synthetic",
-                     "--train-size", "64", "--val-size", "16", "--time-budget", "0.75", "--num-samples", "2",
+                     "--train-size", "64", "--val-size", "16", "--time-budget", "0.3", "--num-samples", "2",
                      "--storage", str(tmp_path),
                      "--name", "p"]) == 0
     finally:

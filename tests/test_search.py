@@ -23,7 +23,7 @@ def trial_configs(experiment: Path) -> dict[str, dict]:
 
 
 def test_eight_trials_share_two_logical_gpus_four_each(local_ray, tmp_path):
-    rc = main(["--space", "tnet", *SMALL, "--epochs", "4", "--num-samples", "8", "--cpus-per-trial", "1",
+    rc = main(["--space", "tnet", *SMALL, "--epochs", "4", "--num-samples", "8", "--cpus-per-trial", "0.25",
                "--gpus-per-trial", "0.25", "--scheduler", "fifo", "--storage", str(tmp_path), "--name", "pack"])
     assert rc == 0
     histories = trial_histories(tmp_path / "pack")

@@ -87,7 +87,7 @@ def test_hparams_table_declares_the_searched_knobs_and_the_metrics_and_says_each
                         {"lr": 1e-7, "loss": "l2", "fault_epoch": None, "fault_repeat": False},
                         {"lr": 1e3, "loss": "hdr", "fault_epoch": None, "fault_repeat": False},
                         {"lr": 1e-3, "loss": "l2", "fault_epoch": 1, "fault_repeat": True}])
-    rc = main(["--space", name, *SMALL, "--epochs", "4", "--scheduler", "asha", "--cpus-per-trial", "8",
+    rc = main(["--space", name, *SMALL, "--epochs", "4", "--scheduler", "asha", "--max-concurrent", "1",
                "--storage", str(tmp_path), "--name", "tb"])
     assert rc == 0
     experiment = tmp_path / "tb"
