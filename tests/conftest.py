@@ -30,12 +30,16 @@ def _stop_ray_at_exit():
 @pytest.fixture
 def local_ray():
     """A running local Ray with logical GPUs (no real GPU needed)."""
+    yield start_local_ray()
+
+
+def start_local_ray():
     import ray
 
     if not ray.is_initialized():
         ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False,
                  logging_level="WARNING", **LOCAL_RAY)
-    yield ray
+    return ray
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -74,20 +78,14 @@ SMALL_EXPERIMENT = ["--budget", "smoke", "--data", "synthetic", "--train-size", 
 
 @pytest.fixture(scope="session")
 def experiments(tmp_path_factory):
-    """Three real experiments made with the real command, shared by the tests that read them
-    (test_analysis.py, test_search.py): a search and both grids of the report."""
-    import ray
-
+    """Three real experiments made with the real command on the session's local Ray, shared by
+    the tests that read them (test_analysis.py, test_search.py): a search and both grids of the report."""
     from search.cli import main
 
+    start_local_ray()
     storage = tmp_path_factory.mktemp("experiments")
-    started = not ray.is_initialized()
-    try:
-        for name, args in EXPERIMENT_ARGS.items():
-            assert main([*args, *SMALL_EXPERIMENT, "--storage", str(storage), "--name", name]) == 0
-    finally:
-        if started:
-            ray.shutdown()  # the command started its own local Ray; later tests may want another one
+    for name, args in EXPERIMENT_ARGS.items():
+        assert main([*args, *SMALL_EXPERIMENT, "--storage", str(storage), "--name", name]) == 0
     return {name: storage / name for name in EXPERIMENT_ARGS}
 
 

@@ -65,14 +65,6 @@ def three_nodes(_three_nodes_for_the_module):
     return _three_nodes_for_the_module
 
 
-@pytest.fixture
-def three_nodes_to_break():
-    """A cluster of its own: the test removes one of its workers."""
-    cluster, workers = start_cluster()
-    yield cluster, workers
-    stop_cluster(cluster)
-
-
 def histories(experiment: Path) -> dict[str, pd.DataFrame]:
     """Per-trial history as Tune's CSV logger wrote it; unreadable (half-written) files skipped."""
     out = {}
@@ -113,12 +105,68 @@ def test_trials_spread_over_both_workers_four_per_gpu(three_nodes, tmp_path):
             f"one after another, not four at once:\n{group}"
 
 
-def test_trials_of_a_lost_worker_finish_on_the_other_from_their_checkpoint(three_nodes_to_break, tmp_path):
+def write_photos(folder: Path, count: int = 12, size: int = 96):
+    """Smooth random colour images (low-resolution noise, upsampled) as PNG files."""
+    rng = np.random.default_rng(0)
+    folder.mkdir()
+    for i in range(count):
+        small = rng.integers(0, 256, size=(6, 6, 3), dtype=np.uint8)
+        Image.fromarray(small).resize((size, size), Image.BICUBIC).save(folder / f"photo_{i:02d}.png")
+
+
+def test_trials_get_their_data_from_the_object_store_not_a_shared_disk(three_nodes, tmp_path, monkeypatch):
+    """The data set is a folder of PNGs that exists only until the driver has loaded it: right
+    after `load_data` returns (and before the driver even connects to the cluster) the folder and
+    the data cache are deleted, so no trial can read the data from disk, on any node. The trials
+    still train, on both workers, and each reports the noisy-input PSNR of exactly the validation
+    arrays the driver loaded, which reached them through `tune.with_parameters`, i.e. the object
+    store. Their configs carry no data path either."""
+    from n2n_models.data import default_cache_dir
+    from n2n_models.metrics import psnr_uint8
+
+    cluster, workers = three_nodes
+    photos = tmp_path / "photos"
+    write_photos(photos)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # this test's own data cache
+    loaded = {}
+    real_load_data = tuning.load_data
+
+    def load_then_delete_from_disk(experiment):
+        arrays = real_load_data(experiment)
+        shutil.rmtree(photos)
+        shutil.rmtree(default_cache_dir())
+        loaded.update(arrays=arrays, deleted_at=time.time())
+        return arrays
+
+    monkeypatch.setattr(tuning, "load_data", load_then_delete_from_disk)
+    rc = main([*SMALL, "--data", f"folder:{photos}", "--epochs", "2", "--num-samples", "2",
+               "--gpus-per-trial", "1", "--address", cluster.address, "--storage", str(tmp_path / "runs"),
+               "--name", "object-store"])
+    assert rc == 0
+    assert not photos.exists() and not default_cache_dir().exists(), "nothing put the data back on disk"
+    arrays = loaded["arrays"]
+    assert arrays["train_a"].shape == (128, 3, 32, 32) and arrays["val_noisy"].shape == (32, 3, 32, 32)
+    expected_noisy_psnr = psnr_uint8(torch.as_tensor(arrays["val_noisy"]), torch.as_tensor(arrays["val_clean"]))
+
+    experiment = tmp_path / "runs" / "object-store"
+    trials = histories(experiment)
+    assert len(trials) == 2
+    assert {h["node_id"].iloc[0] for h in trials.values()} == {w.node_id for w in workers}
+    for name, h in trials.items():
+        assert h["process_start"].min() > loaded["deleted_at"], f"{name} started before the data was deleted"
+        assert len(h) == 2 and np.isfinite(h["val_psnr"]).all()
+        assert h["noisy_psnr"].tolist() == pytest.approx([expected_noisy_psnr] * 2, abs=1e-4), \
+            f"{name} validated on other data than the driver loaded"
+        assert str(photos) not in (experiment / name / "params.json").read_text()
+
+
+def test_trials_of_a_lost_worker_finish_on_the_other_from_their_checkpoint(three_nodes, tmp_path):
     """As soon as every trial has reported (and checkpointed) at least one epoch, the worker that
     runs the most trials is killed (SIGKILL, like a reclaimed spot instance). The survivor has a
     slot for every trial (4 CPUs, 4 x 0.25 GPU), so Tune's retry (FailureConfig) restarts the lost
-    trials there from their latest checkpoint."""
-    cluster, workers = three_nodes_to_break
+    trials there from their latest checkpoint. (The last test of this module: it breaks the module's
+    cluster.)"""
+    cluster, workers = three_nodes
     epochs, experiment = 8, tmp_path / "lose-a-worker"
     removal = {}
 
@@ -186,58 +234,3 @@ def test_trials_of_a_lost_worker_finish_on_the_other_from_their_checkpoint(three
             f"{name}: epoch {k + 1} came from a trial restarted on the survivor after the loss"
         moved.append(name)
     assert moved, f"no trial was running on the lost worker: {removal}"
-
-
-def write_photos(folder: Path, count: int = 12, size: int = 96):
-    """Smooth random colour images (low-resolution noise, upsampled) as PNG files."""
-    rng = np.random.default_rng(0)
-    folder.mkdir()
-    for i in range(count):
-        small = rng.integers(0, 256, size=(6, 6, 3), dtype=np.uint8)
-        Image.fromarray(small).resize((size, size), Image.BICUBIC).save(folder / f"photo_{i:02d}.png")
-
-
-def test_trials_get_their_data_from_the_object_store_not_a_shared_disk(three_nodes, tmp_path, monkeypatch):
-    """The data set is a folder of PNGs that exists only until the driver has loaded it: right
-    after `load_data` returns (and before the driver even connects to the cluster) the folder and
-    the data cache are deleted, so no trial can read the data from disk, on any node. The trials
-    still train, on both workers, and each reports the noisy-input PSNR of exactly the validation
-    arrays the driver loaded, which reached them through `tune.with_parameters`, i.e. the object
-    store. Their configs carry no data path either."""
-    from n2n_models.data import default_cache_dir
-    from n2n_models.metrics import psnr_uint8
-
-    cluster, workers = three_nodes
-    photos = tmp_path / "photos"
-    write_photos(photos)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # this test's own data cache
-    loaded = {}
-    real_load_data = tuning.load_data
-
-    def load_then_delete_from_disk(experiment):
-        arrays = real_load_data(experiment)
-        shutil.rmtree(photos)
-        shutil.rmtree(default_cache_dir())
-        loaded.update(arrays=arrays, deleted_at=time.time())
-        return arrays
-
-    monkeypatch.setattr(tuning, "load_data", load_then_delete_from_disk)
-    rc = main([*SMALL, "--data", f"folder:{photos}", "--epochs", "2", "--num-samples", "4",
-               "--gpus-per-trial", "0.5", "--address", cluster.address, "--storage", str(tmp_path / "runs"),
-               "--name", "object-store"])
-    assert rc == 0
-    assert not photos.exists() and not default_cache_dir().exists(), "nothing put the data back on disk"
-    arrays = loaded["arrays"]
-    assert arrays["train_a"].shape == (128, 3, 32, 32) and arrays["val_noisy"].shape == (32, 3, 32, 32)
-    expected_noisy_psnr = psnr_uint8(torch.as_tensor(arrays["val_noisy"]), torch.as_tensor(arrays["val_clean"]))
-
-    experiment = tmp_path / "runs" / "object-store"
-    trials = histories(experiment)
-    assert len(trials) == 4
-    assert {h["node_id"].iloc[0] for h in trials.values()} == {w.node_id for w in workers}
-    for name, h in trials.items():
-        assert h["process_start"].min() > loaded["deleted_at"], f"{name} started before the data was deleted"
-        assert len(h) == 2 and np.isfinite(h["val_psnr"]).all()
-        assert h["noisy_psnr"].tolist() == pytest.approx([expected_noisy_psnr] * 2, abs=1e-4), \
-            f"{name} validated on other data than the driver loaded"
-        assert str(photos) not in (experiment / name / "params.json").read_text()

@@ -74,20 +74,13 @@ def test_clean_targets_change_the_loss_and_nothing_else(pairs, float64):
 
 
 @pytest.mark.slow
-def test_the_n2n_vs_n2c_grid_runs_every_cell_and_reports_the_paired_difference(tmp_path, capsys):
-    import ray
-
+def test_the_n2n_vs_n2c_grid_runs_every_cell_and_reports_the_paired_difference(local_ray, tmp_path, capsys):
     from analysis.report import main as report_main
     from search.cli import main
 
-    started = not ray.is_initialized()
-    try:
-        assert main(["--space", "n2n-vs-n2c", "--budget", "smoke", "--data", "synthetic", "--train-size", "64",
-                     "--val-size", "16", "--epochs", "1", "--seeds", "2", "--storage", str(tmp_path),
-                     "--name", "g"]) == 0
-    finally:
-        if started:
-            ray.shutdown()
+    assert main(["--space", "n2n-vs-n2c", "--budget", "smoke", "--data", "synthetic", "--train-size", "64",
+                 "--val-size", "16", "--epochs", "1", "--seeds", "2", "--storage", str(tmp_path),
+                 "--name", "g"]) == 0
     experiment = tmp_path / "g"
     trials = [p for p in experiment.iterdir() if p.name.startswith("trial_")]
     cells = {}

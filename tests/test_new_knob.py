@@ -34,35 +34,29 @@ def _tensorboard_hparams(trial_dir) -> set:
 
 
 @pytest.mark.slow
-def test_a_searched_weight_decay_shows_in_summary_report_configs_tensorboard_and_exported_model(tmp_path, capsys):
-    import ray
-
+def test_a_searched_weight_decay_shows_in_summary_report_configs_tensorboard_and_exported_model(local_ray, tmp_path,
+                                                                                              capsys):
     from analysis.report import main as report_main
     from search.cli import main
 
-    started = not ray.is_initialized()
-    try:
-        assert main(["--space", "tnet", *SMALL, "--num-samples", "2", "--storage", str(tmp_path), "--name", "wd"]) == 0
-        summary = capsys.readouterr().out
-        assert "weight_decay" in summary.split("Best configurations")[1].splitlines()[1], summary
-        experiment = tmp_path / "wd"
-        trials = sorted(p for p in experiment.iterdir() if p.name.startswith("trial_"))
-        decays = [json.loads((t / "params.json").read_text())["weight_decay"] for t in trials]
-        assert len(decays) == 2 and all(d > 0 for d in decays)
-        assert all("weight_decay" in _tensorboard_hparams(t) for t in trials)
+    assert main(["--space", "tnet", *SMALL, "--num-samples", "2", "--storage", str(tmp_path), "--name", "wd"]) == 0
+    summary = capsys.readouterr().out
+    assert "weight_decay" in summary.split("Best configurations")[1].splitlines()[1], summary
+    experiment = tmp_path / "wd"
+    trials = sorted(p for p in experiment.iterdir() if p.name.startswith("trial_"))
+    decays = [json.loads((t / "params.json").read_text())["weight_decay"] for t in trials]
+    assert len(decays) == 2 and all(d > 0 for d in decays)
+    assert all("weight_decay" in _tensorboard_hparams(t) for t in trials)
 
-        assert report_main([str(experiment), "--samples", "2"]) == 0
-        report = (experiment / "report" / "report.md").read_text()
-        assert "Weight decay" in report
-        best = json.loads((experiment / "report" / "best_config.json").read_text())
-        assert best["weight_decay"] in decays
-        model = torch.load(experiment / "report" / "best_model.pt", weights_only=True)
-        assert model["config"]["weight_decay"] == model["training"]["weight_decay"] == best["weight_decay"]
+    assert report_main([str(experiment), "--samples", "2"]) == 0
+    report = (experiment / "report" / "report.md").read_text()
+    assert "Weight decay" in report
+    best = json.loads((experiment / "report" / "best_config.json").read_text())
+    assert best["weight_decay"] in decays
+    model = torch.load(experiment / "report" / "best_model.pt", weights_only=True)
+    assert model["config"]["weight_decay"] == model["training"]["weight_decay"] == best["weight_decay"]
 
-        assert main(["--configs", str(experiment / "report" / "best_config.json"), *SMALL,
-                     "--storage", str(tmp_path), "--name", "again"]) == 0
-        (again,) = [p for p in (tmp_path / "again").iterdir() if p.name.startswith("trial_")]
-        assert json.loads((again / "params.json").read_text())["weight_decay"] == best["weight_decay"]
-    finally:
-        if started:
-            ray.shutdown()
+    assert main(["--configs", str(experiment / "report" / "best_config.json"), *SMALL,
+                 "--storage", str(tmp_path), "--name", "again"]) == 0
+    (again,) = [p for p in (tmp_path / "again").iterdir() if p.name.startswith("trial_")]
+    assert json.loads((again / "params.json").read_text())["weight_decay"] == best["weight_decay"]

@@ -40,21 +40,14 @@ def test_a_member_restarted_from_anothers_checkpoint_trains_with_its_own_lr(fuse
 
 
 @pytest.mark.slow
-def test_a_pbt_search_exploits_and_is_reported_like_any_search(tmp_path, capsys):
-    import ray
-
+def test_a_pbt_search_exploits_and_is_reported_like_any_search(local_ray, tmp_path, capsys):
     from analysis.report import main as report_main
     from search.cli import main
 
-    started = not ray.is_initialized()
-    try:
-        assert main(["--space", "tnet", "--scheduler", "pbt", "--budget", "smoke", "--data", "synthetic",
-                     "--train-size", "64", "--val-size", "16", "--time-budget", "0.3", "--num-samples", "2",
-                     "--storage", str(tmp_path),
-                     "--name", "p"]) == 0
-    finally:
-        if started:
-            ray.shutdown()
+    assert main(["--space", "tnet", "--scheduler", "pbt", "--budget", "smoke", "--data", "synthetic",
+                 "--train-size", "64", "--val-size", "16", "--time-budget", "0.3", "--num-samples", "2",
+                 "--storage", str(tmp_path),
+                 "--name", "p"]) == 0
     out = capsys.readouterr().out
     assert "errored" not in out and "a population of 2" in out, out
     experiment = tmp_path / "p"

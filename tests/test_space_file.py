@@ -85,9 +85,7 @@ def _trials(experiment) -> list[tuple]:
 
 
 @pytest.mark.slow
-def test_a_space_file_and_the_same_space_from_python_train_the_same_trials(tmp_path):
-    import ray
-
+def test_a_space_file_and_the_same_space_from_python_train_the_same_trials(local_ray, tmp_path):
     import search
 
     text = ("model: tnet\nlr: {loguniform: [2.0e-4, 3.0e-3]}\nloss: {choice: [l2, l1]}\n"
@@ -95,17 +93,12 @@ def test_a_space_file_and_the_same_space_from_python_train_the_same_trials(tmp_p
     (tmp_path / "space.yaml").write_text(text)
     common = ["--budget", "smoke", "--data", "synthetic", "--train-size", "64", "--val-size", "16",
               "--num-samples", "3", "--epochs", "1", "--max-concurrent", "1", "--search-seed", "3", "--storage", str(tmp_path)]
-    started = not ray.is_initialized()
-    try:
-        assert main(["--space-file", str(tmp_path / "space.yaml"), *common, "--name", "file"]) == 0
-        result = search.run_search(
-            {"model": "tnet", "lr": tune.loguniform(2e-4, 3e-3), "loss": tune.choice(["l2", "l1"]),
-             "batch_size": tune.randint(16, 49)},
-            budget="smoke", data="synthetic", train_size=64, val_size=16, num_samples=3, epochs=1, max_concurrent=1,
-            search_seed=3, storage=str(tmp_path), name="python")
-    finally:
-        if started:
-            ray.shutdown()
+    assert main(["--space-file", str(tmp_path / "space.yaml"), *common, "--name", "file"]) == 0
+    result = search.run_search(
+        {"model": "tnet", "lr": tune.loguniform(2e-4, 3e-3), "loss": tune.choice(["l2", "l1"]),
+         "batch_size": tune.randint(16, 49)},
+        budget="smoke", data="synthetic", train_size=64, val_size=16, num_samples=3, epochs=1, max_concurrent=1,
+        search_seed=3, storage=str(tmp_path), name="python")
     from_file, from_python = _trials(tmp_path / "file"), _trials(tmp_path / "python")
     assert len(from_file) == 3 and from_file == from_python
     assert len({c["batch_size"] for c, _ in from_file}) > 1  # the space really was searched
