@@ -48,11 +48,15 @@ def test_installed_commands_search_report_and_denoise_from_any_directory(tmp_pat
     [written] = list((elsewhere / "clean").iterdir())
     assert Image.open(written).size == (48, 40)
 
+    # each command's version, and bad usage (one line on stderr, exit 2, as the scripts do), at once
     version = importlib.metadata.version("n2n-search")
-    for name in ("n2n-search", "n2n-report", "n2n-denoise"):
-        assert run(name, "--version").startswith(f"n2n-search {version} (torch "), name
-
-    # bad usage: one line on stderr, exit 2, as the scripts do
-    proc = subprocess.run([command("n2n-search"), "--budget", "nope"], cwd=elsewhere, capture_output=True, text=True)
-    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+    calls = [[name, "--version"] for name in ("n2n-search", "n2n-report", "n2n-denoise")]
+    calls.append(["n2n-search", "--budget", "nope"])
+    procs = [subprocess.Popen([command(c[0]), *c[1:]], cwd=elsewhere, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for c in calls]
+    outputs = [(p.communicate(timeout=120), p.returncode) for p in procs]
+    for c, ((out, err), rc) in zip(calls[:3], outputs):
+        assert rc == 0 and out.startswith(f"n2n-search {version} (torch "), (c, rc, out, err[-1500:])
+    (_, err), rc = outputs[3]
+    assert rc == 2 and err.strip().splitlines() == [
         "search/run.py: error: unknown budget 'nope'; choose one of smoke, quick, paper"]
