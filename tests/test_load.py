@@ -12,10 +12,14 @@ pytestmark = pytest.mark.slow  # long end-to-end searches: python -m pytest -m "
 TRIALS = 500
 
 
-def test_five_hundred_one_epoch_trials_are_each_recorded_once_and_reported(local_ray, tmp_path, capsys):
+def test_five_hundred_one_epoch_trials_are_each_recorded_once_and_reported(local_ray, tmp_path, space, capsys):
+    """The smallest real trainable: TNet at width 8, one step of one epoch, each trial its own lr."""
+    from ray import tune
+
     from analysis.load import load_experiment
 
-    rc = main(["--space", "tnet", "--budget", "smoke", "--data", "synthetic", "--train-size", "32", "--val-size", "8",
+    name = space("load", {"lr": tune.loguniform(1e-4, 1e-2), "width": 8})
+    rc = main(["--space", name, "--budget", "smoke", "--data", "synthetic", "--train-size", "32", "--val-size", "8",
                "--epochs", "1", "--num-samples", str(TRIALS), "--searcher", "random", "--scheduler", "fifo",
                "--no-refit", "--storage", str(tmp_path), "--name", "load"])
     assert rc == 0
