@@ -45,7 +45,7 @@ def test_a_pbt_search_exploits_and_is_reported_like_any_search(local_ray, tmp_pa
     from search.cli import main
 
     assert main(["--space", "tnet", "--scheduler", "pbt", "--budget", "smoke", "--data", "synthetic",
-                 "--train-size", "64", "--val-size", "16", "--time-budget", "0.3", "--num-samples", "2",
+                 "--train-size", "64", "--val-size", "16", "--time-budget", "0.75", "--num-samples", "2",
                  "--storage", str(tmp_path),
                  "--name", "p"]) == 0
     out = capsys.readouterr().out

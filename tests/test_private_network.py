@@ -47,7 +47,7 @@ def connects(host: str, port: int) -> bool:
 def test_local_ray_of_the_command_is_reachable_over_loopback_only(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, str(REPO / "search" / "run.py"), "--budget", "smoke", "--data", "synthetic",
-         "--epochs", "8", "--num-samples", "2", "--scheduler", "fifo", "--storage", str(tmp_path), "--name", "lo"],
+         "--epochs", "12", "--num-samples", "2", "--scheduler", "fifo", "--storage", str(tmp_path), "--name", "lo"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         ray_procs = []
