@@ -13,7 +13,7 @@ best trial by validation so far, at its best validation epoch; at the end, the e
 for the refit comes from its replicas).
 
     python bench/search_quality.py [--minutes 10] [--search-seeds 3] [--data folder:../shared/data/CBSD432]
-                                   [--train-size 20000] [--val-size 500] [--space tnet] [--storage DIR]
+                                   [--train-size 20000] [--val-size 500] [--space tnet] [--amp] [--storage DIR]
                                    [--methods "report's setting alone" "TPE + ASHA + refit"]
 
 Every run is the real command, `python search/run.py ... --time-budget MINUTES`, one after the other
@@ -59,6 +59,8 @@ def run(name: str, flags: list[str], args, seed: int) -> dict:
                "--storage", str(args.storage), "--name", folder]
     if "--configs" not in flags:
         command[2:2] = ["--space", args.space]
+    if args.amp:
+        command.append("--amp")
     print(f"[bench] {name}, seed {seed}: {' '.join(command[1:])}", flush=True)
     start = time.time()
     proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
@@ -99,6 +101,7 @@ def main(argv=None) -> int:
     p.add_argument("--train-size", type=int, default=20_000)
     p.add_argument("--val-size", type=int, default=500)
     p.add_argument("--space", default="tnet")
+    p.add_argument("--amp", action="store_true", help="every run with --amp (bfloat16 autocast)")
     p.add_argument("--storage", type=Path, default=None)
     p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS), metavar="METHOD",
                    help="which of: " + "; ".join(METHODS) + " (default: all)")

@@ -80,6 +80,13 @@ KNOBS = (
          nullable=True, slug=lambda v: f"w{int(v)}"),
     Knob("latent", int, 8, "Latent", "a positive integer", lambda v: v >= 1, slug=lambda v: f"z{int(v)}"),
     Knob("batch_size", int, 32, "Batch", "an integer >= 2", lambda v: v >= 2, slug=lambda v: f"b{int(v)}"),
+    # each epoch, every pair turned by one of the square's eight symmetries and its copies swapped
+    # at random (n2n_models.augment); the report trained on the pairs as they are
+    Knob("augment", bool, False, "Aug.", "true or false", show=_yes_no, slug=lambda v: "aug" if v else ""),
+    # the decay of an exponential moving average of the weights, which is what is evaluated and
+    # exported (0: none, the report's way: the weights as the last step left them)
+    Knob("ema", float, 0.0, "EMA", "a number in [0, 1)", lambda v: 0 <= v < 1, show=lambda v: f"{float(v):g}",
+         slug=lambda v: f"ema{float(v):g}" if v else ""),
     # what the loss compares the output with: the pair's second noisy copy (Noise2Noise) or the
     # clean image (Noise2Clean, for data made from clean images); the same batches either way
     Knob("target", str, "noisy", "Target", choices=TARGETS, slug=lambda v: "n2c" if v == "clean" else ""),
@@ -112,6 +119,8 @@ class TrainSpec:
     seeds: tuple = (0,)
     amp: bool = TRIAL_DEFAULTS["amp"]
     target: str = TRIAL_DEFAULTS["target"]  # what train_epoch's second argument holds: noisy copies or clean images
+    augment: bool = TRIAL_DEFAULTS["augment"]  # flips, rotations and swaps of the pairs (n2n_models.augment)
+    ema: float = TRIAL_DEFAULTS["ema"]  # decay of the weights' moving average that is evaluated (0: none)
 
     def __post_init__(self):
         self.seeds = tuple(int(s) for s in self.seeds)

@@ -18,9 +18,11 @@ from typing import NamedTuple
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from . import build_model
 from .allocator import keep_freed_memory
+from .augment import augment_pairs
 from .config import TrainSpec
 from .cuda_graphs import GRAPH_WARM_UP, GraphedStep
 from .data.specs import TRAIN_CLEAN
@@ -137,6 +139,12 @@ class ReplicaTrainer:
         else:
             self._networks_list = [_Network(m, opt, slice(i, i + 1), 1)
                                    for i, (m, opt) in enumerate(zip(self.models, self.optimizers))]
+        # the weights' moving average (spec.ema): what evaluation, predictions and the replicas'
+        # state dicts see, while the steps train the weights themselves
+        self._trained = [p for opt in self.optimizers for group in opt.param_groups for p in group["params"]]
+        self._averages = [p.detach().clone() for p in self._trained] if spec.ema else None
+        self._averaged_steps = 0
+        self._augment_buffers = None  # spec.augment's pairs of the epoch (_augmented)
 
     def _adam(self, params):
         # Adam's fused kernel: one pass over each tensor instead of a dozen (same update rule);
@@ -180,6 +188,8 @@ class ReplicaTrainer:
         """One pass over the pairs (input a, target b); returns each replica's mean training loss.
         `step_losses`, when given, receives every step's per-replica losses, shape (K,)."""
         n, bs, epochs = len(train_a), self.spec.batch_size, max(self.spec.epochs, 1)
+        if self.spec.augment:
+            train_a, train_b = self._augmented(train_a, train_b)
         # a last batch of one image is left out: batch norm cannot train on it (UNet's 1x1 bottleneck)
         steps = max(1, n // bs if n % bs == 1 else math.ceil(n / bs))
         orders = torch.stack([data_order(s, self.epoch, n, self.device) for s in self.spec.seeds])
@@ -194,10 +204,19 @@ class ReplicaTrainer:
             else:
                 losses = self._train_step(train_a, train_b, idx, progress)
             total += losses * idx.shape[1]
+            if self._averages is not None:
+                self._average_step()
             if step_losses is not None:
                 step_losses.append(losses)
         self.epoch += 1
         return (total / min(n, steps * bs)).cpu()
+
+    def _augmented(self, train_a: torch.Tensor, train_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """This epoch's flipped, rotated and swapped pairs (spec.augment), in buffers kept for the next."""
+        buffers = self._augment_buffers
+        if buffers is None or buffers[0].shape != train_a.shape or buffers[1].shape != train_b.shape:
+            buffers = self._augment_buffers = (torch.empty_like(train_a), torch.empty_like(train_b))
+        return augment_pairs(train_a, train_b, self.epoch, self.spec.target == "noisy", *buffers)
 
     def _train_step(self, train_a: torch.Tensor, train_b: torch.Tensor, idx: torch.Tensor,
                     progress: float) -> torch.Tensor:
@@ -222,11 +241,43 @@ class ReplicaTrainer:
             losses.append(loss.detach())
         return torch.cat(losses)
 
+    @torch.no_grad()
+    def _average_step(self):
+        """Move the average towards the weights after a step; its decay ramps up from 0.1 over the
+        first steps ((1 + n) / (10 + n)), so that the first epochs' average is not mostly the
+        initial weights."""
+        self._averaged_steps += 1
+        n = self._averaged_steps
+        decay = min(self.spec.ema, (1 + n) / (10 + n))
+        get_ema_multi_avg_fn(decay)(self._averages, self._trained, n)
+
+    @contextlib.contextmanager
+    def _averaged(self):
+        """Within it the networks hold the weights' moving average (spec.ema), else as trained."""
+        if self._averages is None:
+            yield
+            return
+        with torch.no_grad():
+            trained = [p.detach().clone() for p in self._trained]
+            for p, average in zip(self._trained, self._averages):
+                p.copy_(average)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, weights in zip(self._trained, trained):
+                    p.copy_(weights)
+
     # -- evaluation ------------------------------------------------------------------------------
     @torch.no_grad()
     def predict(self, noisy: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
         """Denoised images of every replica, (K, N, 3, H, W) float in [0, 1], from uint8 input, in
-        chunks of `batch_size` images (default `eval_batch_size(device)`)."""
+        chunks of `batch_size` images (default `eval_batch_size(device)`); with spec.ema, by the
+        weights' moving average."""
+        with self._averaged():
+            return self._predict(noisy, batch_size)
+
+    def _predict(self, noisy: torch.Tensor, batch_size: int | None) -> torch.Tensor:
         self._set_mode(False)
         batch_size = batch_size or eval_batch_size(self.device)
         outs = []
@@ -241,18 +292,23 @@ class ReplicaTrainer:
     @torch.no_grad()
     def evaluate(self, val_noisy: torch.Tensor, val_clean: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
         """Validation PSNR (dB, course convention) of each replica, shape (K,)."""
-        self._set_mode(False)
         batch_size = batch_size or eval_batch_size(self.device)
         sums = torch.zeros(self.k, device=self.device)
-        for start in range(0, len(val_noisy), batch_size):
-            out = self.predict(val_noisy[start:start + batch_size], batch_size)
-            clean = to_unit(val_clean[start:start + batch_size].to(self.device))
-            sums += torch.stack([psnr_per_image(o, clean).sum() for o in out])
+        with self._averaged():
+            for start in range(0, len(val_noisy), batch_size):
+                out = self._predict(val_noisy[start:start + batch_size], batch_size)
+                clean = to_unit(val_clean[start:start + batch_size].to(self.device))
+                sums += torch.stack([psnr_per_image(o, clean).sum() for o in out])
         return (sums / len(val_noisy)).cpu()
 
     # -- state -----------------------------------------------------------------------------------
     def replica_state_dicts(self) -> list[dict]:
-        """Each replica's weights as a plain `build_model(...)` state dict (contiguous CPU tensors)."""
+        """Each replica's weights as a plain `build_model(...)` state dict (contiguous CPU tensors):
+        with spec.ema their moving average, the weights it evaluates and exports."""
+        with self._averaged():
+            return self._replica_state_dicts()
+
+    def _replica_state_dicts(self) -> list[dict]:
         if not self.fused:
             return [{k: v.detach().cpu().clone(memory_format=torch.contiguous_format)
                      for k, v in m.state_dict().items()} for m in self.models]
@@ -273,7 +329,9 @@ class ReplicaTrainer:
         replica's `replica_state_dicts()`) and "optimizers" (each replica's Adam state, keyed by
         parameter name: `{"state": {name: {...}}, "param_groups": [...]}`) and "rng" (the random
         generator states dropout draws from: the CPU's, and the GPU's when training there), so that
-        training resumed from it draws the dropout masks the uninterrupted run would have. Copies,
+        training resumed from it draws the dropout masks the uninterrupted run would have. With
+        spec.ema, "replicas" holds the weights' moving average (what is evaluated and exported),
+        "trained" the weights the steps train, and "average_steps" the average's step count. Copies,
         which later training leaves as they are (an optimiser's own state_dict holds its live tensors)."""
         optimizers = []
         for net, opt, _, k in self._networks():
@@ -281,7 +339,11 @@ class ReplicaTrainer:
         rng = {"cpu": torch.get_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        return {"epoch": self.epoch, "replicas": self.replica_state_dicts(), "optimizers": optimizers, "rng": rng}
+        state = {"epoch": self.epoch, "replicas": self.replica_state_dicts(), "optimizers": optimizers, "rng": rng}
+        if self._averages is not None:
+            state["trained"] = self._replica_state_dicts()
+            state["average_steps"] = self._averaged_steps
+        return state
 
     def load_state_dict(self, state: dict):
         """Restore a `state_dict()`, written fused or not."""
@@ -291,14 +353,14 @@ class ReplicaTrainer:
         if len(state["replicas"]) != self.k or len(state.get("optimizers", ())) != self.k:
             raise ValueError(f"checkpoint holds {len(state['replicas'])} replicas and "
                              f"{len(state.get('optimizers', ()))} optimiser states; this trainer trains {self.k}")
-        if self.fused:
+        self._load_replicas(state["replicas"])
+        if self._averages is not None:  # a checkpoint without an average starts it at its weights
             with torch.no_grad():
-                for source in (self.params, self.buffers):
-                    for name, stacked in source.items():
-                        stacked.copy_(torch.stack([r[name] for r in state["replicas"]]))
-        else:
-            for model, replica in zip(self.models, state["replicas"]):
-                model.load_state_dict(replica)
+                for average, p in zip(self._averages, self._trained):
+                    average.copy_(p)
+            self._averaged_steps = int(state.get("average_steps", 0))
+        if "trained" in state:
+            self._load_replicas(state["trained"])
         for net, opt, replicas, _ in self._networks():
             # a checkpoint from another device brings its own `capturable`: this trainer keeps its own
             _join_optimizer_state(net, opt, state["optimizers"][replicas], stacked=self.fused,
@@ -310,6 +372,16 @@ class ReplicaTrainer:
             torch.cuda.set_rng_state(rng["cuda"].cpu(), self.device)
         self._graphed.forget()  # the optimiser's state tensors are new: capture the step again
         self.epoch = int(state["epoch"])
+
+    def _load_replicas(self, replicas: list[dict]):
+        if self.fused:
+            with torch.no_grad():
+                for source in (self.params, self.buffers):
+                    for name, stacked in source.items():
+                        stacked.copy_(torch.stack([r[name] for r in replicas]))
+        else:
+            for model, replica in zip(self.models, replicas):
+                model.load_state_dict(replica)
 
 
 # -- the optimiser state per replica, keyed by parameter name ----------------------------------------

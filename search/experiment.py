@@ -36,6 +36,16 @@ class Experiment:
     time_budget_min: float | None = None  # --time-budget: minutes for the search and its refit
     space_spec: dict | None = None  # --space-file or Python: the checked spec (search.space_file)
     target: str | None = None  # --target: every trial's training target (None: the space's, else noisy)
+    amp: bool = False  # --amp: every trial trains and evaluates under bfloat16 autocast
+
+    def trial_constants(self) -> dict:
+        """What every trial of it, refit included, takes from the command rather than the space."""
+        constants = {"fused": self.fused}
+        if self.target:
+            constants["target"] = self.target
+        if self.amp:
+            constants["amp"] = True
+        return constants
 
     @property
     def path(self) -> str:

@@ -71,7 +71,7 @@ def run_refit(experiment: Experiment, config: dict, trainable, slots: int, yards
         tuner = tune.Tuner.restore(refit.path, trainable=trainable, resume_errored=True)
     else:
         refit.save()
-        space = {**refit.configs[0], "epochs": refit.epochs, "seeds": 1, "fused": experiment.fused,
+        space = {**refit.configs[0], **experiment.trial_constants(), "epochs": refit.epochs, "seeds": 1,
                  "seed": tune.grid_search(seeds)}
         tuner = tune.Tuner(
             trainable, param_space=space,

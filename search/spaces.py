@@ -34,16 +34,19 @@ class Space:
 
 
 def start_point(params: dict) -> dict:
-    """The report's own setting in a search space's terms: every searched knob at its default
-    (n2n_models.config: lr 5e-4, L2, no batch norm, no dropout, weight decay 0, batch 32, the model's
-    own width), a number brought into the domain's range, a choice left out when the default is not
-    among its options. Searches train it first, so they start from what the report found by hand."""
+    """The report's own setting in a search space's terms: every searched knob as the report's
+    Table 2 row of the space's model has it (the `models` grid: UNet at lr 1e-3, the others at
+    5e-4), else at its default (n2n_models.config: L2, no batch norm, no dropout, weight decay 0,
+    batch 32, the model's own width); a number brought into the domain's range, a choice left out
+    when that value is not among its options. Searches train it first, so they start from what the
+    report found by hand."""
     model = params.get("model")
+    report = reports_row(model) if isinstance(model, str) else {}
     start = {}
     for key, domain in params.items():
         if not isinstance(domain, tune.search.sample.Domain) or key not in KNOB:
             continue
-        default = KNOB[key].default
+        default = report.get(key, KNOB[key].default)
         if default is None and isinstance(model, str) and model in MODELS:  # the model's own default
             parameter = inspect.signature(MODELS[model].__init__).parameters.get(key)
             default = None if parameter is None else parameter.default
@@ -54,6 +57,13 @@ def start_point(params: dict) -> dict:
         elif isinstance(domain, tune.search.sample.Categorical) and default in domain.categories:
             start[key] = default
     return start
+
+
+def reports_row(model: str) -> dict:
+    """The knobs of `model`'s own row of the report's Table 2 (its first cell in the `models` grid:
+    the model as the report trained it, before variants such as TNet+L1); {} for a model not there."""
+    row = next((cell for cell in SPACES["models"].cells if cell["model"] == model), {})
+    return {k: v for k, v in row.items() if k in KNOB and k != "label"}
 
 
 def population_space(params: dict) -> tuple[dict, dict]:
@@ -93,10 +103,13 @@ SPACES = {
          "width": tune.choice([16, 32, 64, 128]), "batch_size": tune.choice([16, 32, 64])},
     ),
     "unet": Space(
-        "unet", "Noise2Noise UNet: lr, loss, dropout, base width, batch norm",
+        "unet", "Noise2Noise UNet: lr, loss, dropout, base width, batch norm (augmented pairs, weights' moving average)",
         {"model": "unet", "lr": tune.loguniform(1e-4, 3e-3), "loss": tune.choice(LOSSES),
          "dropout": tune.uniform(0.0, 0.3), "width": tune.choice([24, 48, 96]),
-         "batchnorm": tune.choice([False, True]), "batch_size": 32},
+         "batchnorm": tune.choice([False, True]), "batch_size": 32,
+         # on for every UNet trial: +0.26 dB on held-out photos over the best epoch without them at 30
+         # minutes, invisible in the first minutes a short trial has to show it (docs/search-quality.md, session 7)
+         "augment": True, "ema": 0.999},
     ),
     "basenet": Space(
         "basenet", "BaseNet autoencoder: lr, loss, latent size",

@@ -34,10 +34,7 @@ METRIC, MODE = "best_val_psnr", "max"
 def param_space(experiment: Experiment) -> dict:
     space = space_of(experiment)
     params = population_space(space.params)[0] if experiment.scheduler == "pbt" else space.params
-    constants = {"epochs": trial_epochs(experiment), "seeds": experiment.seeds, "fused": experiment.fused}
-    if experiment.target:
-        constants["target"] = experiment.target
-    return {**params, **constants}
+    return {**params, "epochs": trial_epochs(experiment), "seeds": experiment.seeds, **experiment.trial_constants()}
 
 
 def trial_epochs(experiment: Experiment) -> int:

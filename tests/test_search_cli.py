@@ -117,6 +117,21 @@ def test_target_is_every_trials_constant_and_the_default_leaves_the_space_as_it_
     assert possible_values(param_space(grid), "target") == {"noisy", "clean"}
 
 
+def test_amp_is_every_trials_constant_and_kept_with_the_experiment(tmp_path):
+    from n2n_models.config import spec_from_config
+    from search.cli import parse
+    from search.experiment import Experiment
+    from search.tuning import param_space
+
+    amp, _ = parse(["--space", "unet", "--amp", "--storage", str(tmp_path), "--name", "amp"])
+    assert param_space(amp)["amp"] is True and amp.trial_constants()["amp"] is True  # the refit's too
+    assert spec_from_config({"model": "unet", **amp.trial_constants()}).amp
+    amp.save()
+    assert Experiment.load(amp.path).amp is True  # what --resume and the analysis read
+    default, _ = parse(["--space", "unet", "--storage", str(tmp_path)])
+    assert "amp" not in param_space(default) and not spec_from_config({"model": "unet", **default.trial_constants()}).amp
+
+
 def test_configs_with_space_or_missing_file_exit_2(tmp_path, capsys):
     (tmp_path / "c.json").write_text('{"lr": 1e-3}')
     assert main(["--configs", str(tmp_path / "c.json"), "--space", "tnet"]) == 2

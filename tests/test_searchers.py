@@ -225,6 +225,9 @@ def test_searches_start_from_the_reports_setting():
     assert start["weight_decay"] == SPACES["tnet"].params["weight_decay"].lower
     # a knob whose default is not among the space's choices is left to the sampler
     assert "width" not in start_point({"model": "tnet", "width": tune.choice([8, 16])})
+    # UNet's start is the report's UNet (seed notes: "lr 5e-4 (UNet 1e-3)"), at its own width 48
+    unet = start_point(SPACES["unet"].params)
+    assert (unet["lr"], unet["loss"], unet["batchnorm"], unet["dropout"], unet["width"]) == (1e-3, "l2", False, 0.0, 48)
 
     searcher = tpe(start=(start_point(SPACE),), proposals=3)
     first = searcher.suggest("t1")

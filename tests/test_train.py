@@ -157,3 +157,88 @@ def test_evaluation_in_chunks_gives_what_one_pass_over_all_images_gives(fused):
     clean = pairs.val_clean.float() / 255
     torch.testing.assert_close(torch.stack([psnr_per_image(o, clean).mean() for o in images]), chunked,
                                rtol=1e-6, atol=1e-5)
+
+
+@numeric
+@pytest.mark.parametrize("fused", [False, True])
+def test_the_weights_moving_average_is_what_is_evaluated_and_exported(synthetic, float64, fused):
+    """With `ema`, the steps train the same weights as without it, and evaluation, predictions and
+    the replicas' state dicts use their moving average: after step n, decay min(ema, (1+n)/(10+n))."""
+    a, b = synthetic.train_a[:64], synthetic.train_b[:64]  # one step an epoch: the weights after each step
+    plain = ReplicaTrainer(TrainSpec("tnet", lr=1e-3, batch_size=64, epochs=4, seeds=(0, 1)), fused=fused)
+    averaged = ReplicaTrainer(TrainSpec("tnet", lr=1e-3, batch_size=64, epochs=4, seeds=(0, 1), ema=0.9), fused=fused)
+    expected = plain.replica_state_dicts()  # the initial weights
+    for n in range(1, 5):
+        torch.testing.assert_close(averaged.train_epoch(a, b), plain.train_epoch(a, b), atol=FLOAT64_TOLERANCE, rtol=0)
+        decay = min(0.9, (1 + n) / (10 + n))
+        expected = [{name: decay * e[name] + (1 - decay) * w[name] for name in w}  # TNet: no buffers
+                    for e, w in zip(expected, plain.replica_state_dicts())]
+    state = averaged.state_dict()
+    for i in range(2):
+        for name, value in plain.replica_state_dicts()[i].items():
+            torch.testing.assert_close(state["trained"][i][name], value, atol=FLOAT64_TOLERANCE, rtol=0)
+            torch.testing.assert_close(state["replicas"][i][name], expected[i][name], atol=FLOAT64_TOLERANCE, rtol=0)
+    assert not torch.equal(state["replicas"][0]["out.0.weight"], state["trained"][0]["out.0.weight"])
+    model = averaged.replica_model(1).double()
+    want = psnr_per_image(model(synthetic.val_noisy.double() / 255).clamp(0, 1), synthetic.val_clean.double() / 255)
+    # the same images and PSNR code on both sides, float64 weights and images: only summation order differs
+    torch.testing.assert_close(averaged.evaluate(synthetic.val_noisy, synthetic.val_clean)[1].item(),
+                               want.mean().item(), atol=1e-6, rtol=0)
+
+
+@numeric
+@pytest.mark.parametrize("fused", [False, True])
+def test_a_checkpoint_keeps_the_moving_average_and_the_augmented_pairs_go_on(synthetic, float64, fused):
+    """Resumed from a checkpoint (written fused, resumed alone, or the reverse), the moving average
+    and the flips, rotations and swaps of the pairs go on as in the uninterrupted run."""
+    spec = TrainSpec("tnet", lr=1e-3, batch_size=32, epochs=3, seeds=(0, 1), ema=0.95, augment=True)
+    a, b = synthetic.train_a[:96], synthetic.train_b[:96]
+    straight = ReplicaTrainer(spec, fused=fused)
+    for _ in range(3):
+        straight.train_epoch(a, b)
+    first = ReplicaTrainer(spec, fused=fused)
+    first.train_epoch(a, b)
+    resumed = ReplicaTrainer(spec, fused=not fused)
+    resumed.load_state_dict(first.state_dict())
+    for _ in range(2):
+        resumed.train_epoch(a, b)
+    for key in ("replicas", "trained"):
+        for got, want in zip(resumed.state_dict()[key], straight.state_dict()[key]):
+            for name, value in want.items():
+                torch.testing.assert_close(got[name], value, atol=FLOAT64_TOLERANCE, rtol=0, msg=lambda m: f"{key} {name}: {m}")
+
+
+@pytest.mark.parametrize("target", ["noisy", "clean"])
+def test_augmented_pairs_are_each_turned_as_one_and_swapped_only_for_noisy_targets(synthetic, target):
+    from n2n_models.augment import SYMMETRIES, augment_pairs, symmetry
+
+    a, b = synthetic.train_a[:200], synthetic.train_b[:200]
+    swap = target == "noisy"
+    out = augment_pairs(a, b, 3, swap, torch.empty_like(a), torch.empty_like(b))
+    seen = set()
+    for i in range(len(a)):
+        found = [(code, swapped) for code in range(SYMMETRIES) for swapped in (False, True)
+                 if torch.equal(out[0][i:i + 1], symmetry((b if swapped else a)[i:i + 1], code))
+                 and torch.equal(out[1][i:i + 1], symmetry((a if swapped else b)[i:i + 1], code))]
+        assert found, f"pair {i} is not one symmetry of the pair it came from"
+        seen.update(found)
+    assert {code for code, _ in seen} == set(range(SYMMETRIES))
+    assert {swapped for _, swapped in seen} == ({False, True} if swap else {False})
+    again = augment_pairs(a, b, 3, swap, torch.empty_like(a), torch.empty_like(b))
+    other = augment_pairs(a, b, 4, swap, torch.empty_like(a), torch.empty_like(b))
+    assert torch.equal(again[0], out[0]) and not torch.equal(other[0], out[0]), "drawn from the epoch"
+
+
+@numeric
+def test_augmented_replicas_train_the_same_numbers_fused_or_alone(synthetic, float64):
+    spec = TrainSpec("tnet", lr=1e-3, batch_size=32, epochs=2, seeds=(0, 1), augment=True)
+    fused = ReplicaTrainer(spec, fused=True)
+    alone = [ReplicaTrainer(TrainSpec("tnet", lr=1e-3, batch_size=32, epochs=2, seeds=(s,), augment=True), fused=False)
+             for s in spec.seeds]
+    plain = ReplicaTrainer(TrainSpec("tnet", lr=1e-3, batch_size=32, epochs=2, seeds=(0, 1)), fused=True)
+    a, b = synthetic.train_a[:96], synthetic.train_b[:96]
+    for _ in range(2):
+        losses = fused.train_epoch(a, b)
+        torch.testing.assert_close(losses, torch.cat([t.train_epoch(a, b) for t in alone]),
+                                   atol=FLOAT64_TOLERANCE, rtol=0)
+        assert not torch.allclose(losses, plain.train_epoch(a, b)), "augment changes what is trained on"
