@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import interrupt_when, run_cli
 from search.cli import main
@@ -394,3 +395,16 @@ def test_searches_refit_by_default_grids_never(tmp_path):
     assert search_seconds(experiment) == 30 * 60 * (1 - REFIT_SHARE)  # the rest is the refit's
     assert search_seconds(parse(["--time-budget", "30", "--scheduler", "asha", "--no-refit", *storage])[0]) == 30 * 60
     assert search_seconds(parse(["--time-budget", "30", *storage])[0]) == 30 * 60  # PBT: all of it
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with a CUDA GPU bfloat16 is in hardware whatever the CPU")
+def test_amp_warns_only_where_the_cpu_lists_no_bfloat16_units(tmp_path):
+    from search.cli import bfloat16_in_hardware
+
+    avx2 = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n\nprocessor\t: 1\nflags\t\t: fpu sse2 avx avx2 fma\n"
+    (tmp_path / "avx2").write_text(avx2)
+    (tmp_path / "amx").write_text(avx2.replace("fma", "fma avx512f avx512_bf16 amx_bf16 amx_tile"))
+    (tmp_path / "zen4").write_text(avx2.replace("fma", "fma avx512f avx512_bf16"))
+    assert not bfloat16_in_hardware(str(tmp_path / "avx2"))
+    assert bfloat16_in_hardware(str(tmp_path / "amx")) and bfloat16_in_hardware(str(tmp_path / "zen4"))
+    assert bfloat16_in_hardware(str(tmp_path / "absent"))  # no evidence, no warning
