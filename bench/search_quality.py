@@ -14,13 +14,15 @@ for the refit comes from its replicas).
 
     python bench/search_quality.py [--minutes 10] [--search-seeds 3] [--data folder:../shared/data/CBSD432]
                                    [--train-size 20000] [--val-size 500] [--space tnet] [--amp] [--storage DIR]
-                                   [--methods "report's setting alone" "TPE + ASHA + refit"]
+                                   [--methods "report's setting alone" "TPE + ASHA + refit"] [--first-seed 0]
 
 Every run is the real command, `python search/run.py ... --time-budget MINUTES`, one after the other
 (each with the machine to itself). The exported model is the one `analysis/report.py` exports
 (analysis.export.exported: the refit's best replica when there is a refit, else the best trial),
 and its test PSNR is the one recorded at that checkpoint. Results are kept in --storage (a
-temporary folder by default). docs/search-quality.md has the figures.
+temporary folder by default); a run whose folder there already holds a finished run with the same
+settings is read, not run again, so that `--search-seeds 3` over a storage with seeds 0 and 1 runs
+seed 2 only. docs/search-quality.md has the figures.
 """
 from __future__ import annotations
 
@@ -40,7 +42,9 @@ sys.path.insert(0, str(REPO))
 from analysis.export import exported, load_refit  # noqa: E402
 from analysis.load import load_experiment, read_results  # noqa: E402
 from analysis.tables import mean_pm_std  # noqa: E402
+from analysis.experiment_file import YARDSTICKS_FILE  # noqa: E402
 
+BENCH_FILE = "bench.json"  # this bench's record of a run it made: its wall seconds
 REPORT_SETTING = REPO / "docs" / "reproduction" / "report-tnet.json"
 METHODS = {  # name: (flags, whether it depends on the search seed)
     "report's setting alone": (["--configs", str(REPORT_SETTING), "--seeds", "1", "--epochs", "100000"], False),
@@ -61,19 +65,49 @@ def run(name: str, flags: list[str], args, seed: int) -> dict:
         command[2:2] = ["--space", args.space]
     if args.amp:
         command.append("--amp")
-    print(f"[bench] {name}, seed {seed}: {' '.join(command[1:])}", flush=True)
-    start = time.time()
-    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
-    seconds = time.time() - start
-    if proc.returncode != 0:
-        raise SystemExit(f"{name} failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    seconds = earlier_run(args.storage / folder, args, seed)
+    if seconds is not None:
+        print(f"[bench] {name}, seed {seed}: read from {args.storage / folder} (run before)", flush=True)
+    else:
+        print(f"[bench] {name}, seed {seed}: {' '.join(command[1:])}", flush=True)
+        start = time.time()
+        proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+        seconds = time.time() - start
+        if proc.returncode != 0:
+            raise SystemExit(f"{name} failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+        (args.storage / folder / BENCH_FILE).write_text(json.dumps({"seconds": seconds}) + "\n")
     exp = load_experiment(args.storage / folder)
     _, best = exported(exp, load_refit(exp))
-    yardsticks = json.loads((exp.path / "yardsticks.json").read_text())
+    yardsticks = json.loads((exp.path / YARDSTICKS_FILE).read_text())
     return {"method": name, "seed": seed, "seconds": seconds, "test_psnr": best.test_psnr if best else float("nan"),
             "val_psnr": best.val_psnr if best else float("nan"), "trials": len(exp.trials),
             "noisy": yardsticks["noisy_test_psnr"], "classical": yardsticks["methods"][yardsticks["best"]]["test_psnr"],
             "curve": pd.concat([best_so_far(exp), pd.Series({seconds: best.test_psnr if best else float("nan")})])}
+
+
+class StorageTaken(Exception):
+    """--storage holds a run this bench cannot read as its own (the message says which and why)."""
+
+
+def earlier_run(folder: Path, args, seed: int) -> float | None:
+    """The wall seconds of an earlier run in `folder` that this bench made and that ended well, with
+    this bench's settings; None when there is none. A folder that holds something else stops the bench."""
+    if not folder.exists():
+        return None
+    done = folder / BENCH_FILE  # written when the run's command ended well
+    if not done.is_file():
+        raise StorageTaken(f"{folder} holds an unfinished or foreign run; remove it or pass another --storage")
+    experiment = load_experiment(folder).spec
+    wanted = {"noise": args.noise, "train_size": args.train_size, "val_size": args.val_size,
+              "time_budget_min": args.minutes, "amp": args.amp, "search_seed": seed, "data": args.data}
+    if experiment.get("space") != "configs":
+        wanted["space"] = args.space
+    if str(experiment.get("data", "")).startswith("folder:") and args.data.startswith("folder:"):
+        wanted["data"] = f"folder:{Path(args.data[len('folder:'):]).resolve()}"
+    differ = [f"{k} {experiment.get(k)!r} (here {v!r})" for k, v in wanted.items() if experiment.get(k) != v]
+    if differ:
+        raise StorageTaken(f"{folder} was run with other settings: {', '.join(differ)}; pass another --storage")
+    return float(json.loads(done.read_text())["seconds"])
 
 
 def best_so_far(exp) -> pd.Series:
@@ -96,6 +130,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--minutes", type=float, default=10.0)
     p.add_argument("--search-seeds", type=int, default=3)
+    p.add_argument("--first-seed", type=int, default=0,
+                   help="the first search seed (seeds FIRST .. FIRST+N-1): add seeds to an earlier bench's storage")
     p.add_argument("--data", default=f"folder:{REPO.parent / 'shared' / 'data' / 'CBSD432'}")
     p.add_argument("--noise", default="pixelate")
     p.add_argument("--train-size", type=int, default=20_000)
@@ -115,8 +151,12 @@ def main(argv=None) -> int:
     for name, (flags, seeded) in METHODS.items():
         if name not in args.methods:
             continue
-        for seed in range(args.search_seeds if seeded else 1):
-            rows.append(run(name, flags, args, seed))
+        for seed in range(args.first_seed, args.first_seed + args.search_seeds) if seeded else [0]:
+            try:
+                rows.append(run(name, flags, args, seed))
+            except StorageTaken as e:
+                print(f"search_quality.py: error: {e}", file=sys.stderr)
+                return 2
             print(f"[bench]   test {rows[-1]['test_psnr']:.2f} dB in {rows[-1]['seconds'] / 60:.1f} min", flush=True)
     table = pd.DataFrame(rows)
     print(f"\n{args.data} + {args.noise}, {args.train_size} pairs, {args.val_size} validation and test images, "

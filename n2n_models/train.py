@@ -331,22 +331,29 @@ class ReplicaTrainer:
         generator states dropout draws from: the CPU's, and the GPU's when training there), so that
         training resumed from it draws the dropout masks the uninterrupted run would have. With
         spec.ema, "replicas" holds the weights' moving average (what is evaluated and exported),
-        "trained" the weights the steps train, and "average_steps" the average's step count. Copies,
-        which later training leaves as they are (an optimiser's own state_dict holds its live tensors)."""
+        "trained" the weights the steps train, and "average_steps" the average's step count. "loss"
+        names the loss whose gradients Adam's moments measure. Copies, which later training leaves as
+        they are (an optimiser's own state_dict holds its live tensors)."""
         optimizers = []
         for net, opt, _, k in self._networks():
             optimizers += _split_optimizer_state(net, opt, k, stacked=self.fused)
         rng = {"cpu": torch.get_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        state = {"epoch": self.epoch, "replicas": self.replica_state_dicts(), "optimizers": optimizers, "rng": rng}
+        state = {"epoch": self.epoch, "replicas": self.replica_state_dicts(), "optimizers": optimizers, "rng": rng,
+                 "loss": self.spec.loss}
         if self._averages is not None:
             state["trained"] = self._replica_state_dicts()
             state["average_steps"] = self._averaged_steps
         return state
 
     def load_state_dict(self, state: dict):
-        """Restore a `state_dict()`, written fused or not."""
+        """Restore a `state_dict()`, written fused or not. Adam starts afresh (no moments, step 0)
+        when the state was trained with another loss than spec.loss (Population Based Training
+        changes the loss between checkpoints): its moments measure the other loss's gradients, and
+        the HDR loss's are up to 10^4 times L2's, so carried over, the first updates are about 3 lr
+        in every weight at once (measured: a UNet at 26.0 dB went to 4.5 dB in one epoch, and stayed
+        there; with Adam afresh it went on at 25.9 dB; docs/search-quality.md)."""
         if "fused" in state:  # the earlier layout: optimiser state by position, one per network
             raise ValueError("checkpoint written before optimiser states were kept per replica and by name; "
                              "its weights (\"replicas\") load into build_model, but training cannot resume from it")
@@ -361,9 +368,12 @@ class ReplicaTrainer:
             self._averaged_steps = int(state.get("average_steps", 0))
         if "trained" in state:
             self._load_replicas(state["trained"])
+        optimizers = state["optimizers"]
+        if state.get("loss", self.spec.loss) != self.spec.loss:  # checkpoints before "loss" was kept: carried
+            optimizers = [{**o, "state": {}} for o in optimizers]
         for net, opt, replicas, _ in self._networks():
             # a checkpoint from another device brings its own `capturable`: this trainer keeps its own
-            _join_optimizer_state(net, opt, state["optimizers"][replicas], stacked=self.fused,
+            _join_optimizer_state(net, opt, optimizers[replicas], stacked=self.fused,
                                   capturable=self.cuda_graphs)
         rng = state.get("rng", {})  # absent from checkpoints written before it was kept
         if "cpu" in rng:

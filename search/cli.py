@@ -280,14 +280,27 @@ def _check_data(data: str, noise: str):
         raise UsageError(str(e)) from None
 
 
-def bfloat16_in_hardware(cpuinfo: str = "/proc/cpuinfo") -> bool:
+# oneDNN's instruction sets without bfloat16 arithmetic (ONEDNN_MAX_CPU_ISA's names, lower case)
+ISAS_WITHOUT_BFLOAT16 = {"sse41", "avx", "avx2", "avx2_vnni", "avx512_core", "avx512_core_vnni"}
+
+
+def bfloat16_in_hardware(cpuinfo: str = "/proc/cpuinfo", capability: str | None = None,
+                         isa: str | None = None) -> bool:
     """Whether this machine computes bfloat16 in hardware: a CUDA GPU, or a CPU whose flags list
-    amx_bf16 or avx512_bf16 (Linux's `cpuinfo`). Where the flags cannot be read, True: no warning
-    without evidence. Measured on AVX2: bfloat16 autocast 11-16 times slower than float32."""
+    amx_bf16 or avx512_bf16 (Linux's `cpuinfo`) and whose use is not limited to older instructions,
+    by ATEN_CPU_CAPABILITY (`capability`: torch.backends.cpu.get_cpu_capability(), which reads it) or
+    ONEDNN_MAX_CPU_ISA (`isa`: by default the variable, or DNNL_MAX_CPU_ISA). Where the flags cannot
+    be read, True: no warning without evidence. Measured on AVX2: bfloat16 autocast 11-16 times
+    slower than float32 (docs/search-quality.md)."""
     import torch
 
     if torch.cuda.is_available():
         return True
+    capability = torch.backends.cpu.get_cpu_capability() if capability is None else capability
+    if isa is None:
+        isa = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or ""
+    if not capability.upper().startswith("AVX512") or isa.lower() in ISAS_WITHOUT_BFLOAT16:
+        return False
     try:
         with open(cpuinfo) as f:
             flags = {flag for line in f if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
@@ -304,7 +317,8 @@ def main(argv: list[str] | None = None) -> int:
 
         set_quiet(args.quiet)
         if args.amp and not args.address and not bfloat16_in_hardware():
-            print("search/run.py: warning: --amp: this CPU lists neither amx_bf16 nor avx512_bf16; bfloat16 "
+            print("search/run.py: warning: --amp: this CPU lists neither amx_bf16 nor avx512_bf16, or "
+                  "ATEN_CPU_CAPABILITY or ONEDNN_MAX_CPU_ISA keeps torch from them; bfloat16 "
                   "autocast trains several times slower than float32 on such CPUs (docs/search-quality.md)",
                   file=sys.stderr)
         return run_experiment(experiment, resume=args.resume, name_given=args.name is not None,

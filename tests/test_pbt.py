@@ -1,6 +1,7 @@
 """Population Based Training (`--scheduler pbt`): members exchange weights, so the network's knobs
 stay at the report's setting and only training knobs are perturbed; a member restarted from
-another's checkpoint trains with its own new lr and weight decay; a search runs, exploits, and is
+another's checkpoint trains with its own new lr and weight decay, and with Adam afresh when its
+loss differs; a search runs, exploits, and is
 reported and exported like any other."""
 import json
 
@@ -37,6 +38,31 @@ def test_a_member_restarted_from_anothers_checkpoint_trains_with_its_own_lr(fuse
         assert steps == {float(s["step"]) for s in theirs.state.values()} == {2.0}
     for a, b in zip(member.replica_state_dicts(), donor.replica_state_dicts()):
         assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_a_member_restarted_with_another_loss_starts_adam_afresh(fused):
+    """Adam's moments measure the donor's loss; under another loss (HDR's gradients are up to 10^4
+    times L2's) they would make the first steps far too long, so the member starts Adam afresh: it
+    trains exactly as a trainer given the donor's weights and no optimiser state."""
+    pairs = load_pairs("synthetic", "pixelate", train_size=64, val_size=8, seed=2)
+    donor = ReplicaTrainer(TrainSpec("tnet", lr=1e-3, loss="l2", batch_size=32, seeds=(0, 1)), fused=fused)
+    donor.train_epoch(pairs.train_a, pairs.train_b)
+    state = donor.state_dict()
+    member, fresh = (ReplicaTrainer(TrainSpec("tnet", lr=1e-3, loss="hdr", batch_size=32, seeds=(0, 1)), fused=fused)
+                     for _ in range(2))
+    member.load_state_dict(state)
+    fresh.load_state_dict({**state, "optimizers": [{**o, "state": {}} for o in state["optimizers"]]})
+    assert all(not opt.state for opt in member.optimizers)  # no moments, no step count
+    rng = torch.get_rng_state()
+    member.train_epoch(pairs.train_a, pairs.train_b)
+    torch.set_rng_state(rng)
+    fresh.train_epoch(pairs.train_a, pairs.train_b)
+    for a, b in zip(member.replica_state_dicts(), fresh.replica_state_dicts()):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    same_loss = ReplicaTrainer(TrainSpec("tnet", lr=1e-3, loss="l2", batch_size=32, seeds=(0, 1)), fused=fused)
+    same_loss.load_state_dict(state)  # the donor's own loss: the moments come with the weights
+    assert {float(s["step"]) for opt in same_loss.optimizers for s in opt.state.values()} == {2.0}
 
 
 @pytest.mark.slow

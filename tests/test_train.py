@@ -118,7 +118,7 @@ def test_a_checkpoint_written_fused_continues_sequential_and_the_reverse(synthet
     saved = io.BytesIO()  # through bytes, as a checkpoint file
     torch.save(first.state_dict(), saved)
     state = torch.load(io.BytesIO(saved.getvalue()), weights_only=True)
-    assert set(state) == {"epoch", "replicas", "optimizers", "rng"} and len(state["optimizers"]) == 2
+    assert set(state) == {"epoch", "replicas", "optimizers", "rng", "loss"} and len(state["optimizers"]) == 2
     resumed = ReplicaTrainer(spec, fused=not written_fused)
     resumed.load_state_dict(state)
     assert resumed.epoch == 1
