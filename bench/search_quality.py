@@ -65,10 +65,9 @@ def run(name: str, flags: list[str], args, seed: int) -> dict:
         command[2:2] = ["--space", args.space]
     if args.amp:
         command.append("--amp")
-    seconds = earlier_run(args.storage / folder, args, seed)
-    if seconds is not None:
-        print(f"[bench] {name}, seed {seed}: read from {args.storage / folder} (run before)", flush=True)
-    else:
+    seconds = earlier_seconds(args.storage / folder)
+    reused = seconds is not None
+    if not reused:
         print(f"[bench] {name}, seed {seed}: {' '.join(command[1:])}", flush=True)
         start = time.time()
         proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
@@ -77,6 +76,9 @@ def run(name: str, flags: list[str], args, seed: int) -> dict:
             raise SystemExit(f"{name} failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
         (args.storage / folder / BENCH_FILE).write_text(json.dumps({"seconds": seconds}) + "\n")
     exp = load_experiment(args.storage / folder)
+    check_settings(exp, args, seed)
+    if reused:
+        print(f"[bench] {name}, seed {seed}: read from {exp.path} (run before)", flush=True)
     _, best = exported(exp, load_refit(exp))
     yardsticks = json.loads((exp.path / YARDSTICKS_FILE).read_text())
     return {"method": name, "seed": seed, "seconds": seconds, "test_psnr": best.test_psnr if best else float("nan"),
@@ -89,25 +91,29 @@ class StorageTaken(Exception):
     """--storage holds a run this bench cannot read as its own (the message says which and why)."""
 
 
-def earlier_run(folder: Path, args, seed: int) -> float | None:
-    """The wall seconds of an earlier run in `folder` that this bench made and that ended well, with
-    this bench's settings; None when there is none. A folder that holds something else stops the bench."""
+def earlier_seconds(folder: Path) -> float | None:
+    """The wall seconds of an earlier run in `folder` that this bench made and that ended well; None
+    when the folder is not there. A folder that holds something else stops the bench."""
     if not folder.exists():
         return None
     done = folder / BENCH_FILE  # written when the run's command ended well
     if not done.is_file():
         raise StorageTaken(f"{folder} holds an unfinished or foreign run; remove it or pass another --storage")
-    experiment = load_experiment(folder).spec
-    wanted = {"noise": args.noise, "train_size": args.train_size, "val_size": args.val_size,
-              "time_budget_min": args.minutes, "amp": args.amp, "search_seed": seed, "data": args.data}
-    if experiment.get("space") != "configs":
-        wanted["space"] = args.space
-    if str(experiment.get("data", "")).startswith("folder:") and args.data.startswith("folder:"):
-        wanted["data"] = f"folder:{Path(args.data[len('folder:'):]).resolve()}"
-    differ = [f"{k} {experiment.get(k)!r} (here {v!r})" for k, v in wanted.items() if experiment.get(k) != v]
-    if differ:
-        raise StorageTaken(f"{folder} was run with other settings: {', '.join(differ)}; pass another --storage")
     return float(json.loads(done.read_text())["seconds"])
+
+
+def check_settings(exp, args, seed: int):
+    """Stop the bench when the run in `exp` was made with other settings than this bench's."""
+    data = args.data
+    if data.startswith("folder:"):  # the experiment file records the folder resolved
+        data = f"folder:{Path(data[len('folder:'):]).resolve()}"
+    wanted = {"noise": args.noise, "train_size": args.train_size, "val_size": args.val_size,
+              "time_budget_min": args.minutes, "amp": args.amp, "search_seed": seed, "data": data}
+    if exp.spec.get("space") != "configs":
+        wanted["space"] = args.space
+    differ = [f"{k} {exp.spec.get(k)!r} (here {v!r})" for k, v in wanted.items() if exp.spec.get(k) != v]
+    if differ:
+        raise StorageTaken(f"{exp.path} was run with other settings: {', '.join(differ)}; pass another --storage")
 
 
 def best_so_far(exp) -> pd.Series:
