@@ -15,7 +15,7 @@ from n2n_models.config import model_hparams, training_knobs, trial_seeds
 from n2n_models.export import save_model
 from n2n_models.provenance import MODEL_KEY, for_model_file
 
-from .experiment_file import EXPERIMENT_FILE, REFIT_FOLDER
+from .experiment_file import EXPERIMENT_FILE, FINISH_SPACE, REFIT_FOLDER
 from .load import ExperimentData, ExperimentError, load_experiment
 
 
@@ -63,9 +63,15 @@ def load_refit(exp: ExperimentData) -> ExperimentData | None:
 
 def exported(exp: ExperimentData, refit: ExperimentData | None) -> tuple[ExperimentData, BestCheckpoint | None]:
     """Where the model a user takes home comes from: the refit's best checkpoint when the refit
-    (`load_refit(exp)`) has one, else the search's own; returns (that experiment, its best checkpoint)."""
+    (`load_refit(exp)`) has one, else the search's own; returns (that experiment, its best checkpoint).
+    A finish (FINISH_SPACE: the search's best member trained on) is the same model further on, so
+    validation picks between them: the finish's best epoch unless the member's was better."""
     if refit is not None:
         best = best_checkpoint(refit)
+        if best is not None and refit.spec.get("space") == FINISH_SPACE:
+            own = best_checkpoint(exp)
+            if own is not None and own.config_psnr_mean > best.config_psnr_mean:
+                return exp, own
         if best is not None:
             return refit, best
     return exp, best_checkpoint(exp)

@@ -73,6 +73,25 @@ def _flatten(row: dict) -> dict:
     return flat
 
 
+def epoch_config(trial_dir: Path, epoch: int) -> dict | None:
+    """The configuration a trial trained `epoch` with, as its result.json records it (Population
+    Based Training changes a member's configuration between epochs; params.json keeps its first);
+    None when no row of that epoch is readable."""
+    found = None
+    result_json = Path(trial_dir) / "result.json"
+    if not result_json.is_file():
+        return None
+    with open(result_json, encoding="utf-8") as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # blank, or cut short by a hard kill
+                continue
+            if row.get("epoch", row.get("training_iteration")) == epoch and isinstance(row.get("config"), dict):
+                found = row["config"]  # the last copy: a row repeated after a restore
+    return found
+
+
 def read_results(trial_dir: Path) -> pd.DataFrame:
     """A trial's reported rows (result.json, else progress.csv), one per epoch, oldest first.
     Seed dicts become `seed_psnr/<seed>` columns; a row repeated after a restore keeps its last copy.

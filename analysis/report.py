@@ -16,7 +16,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the project importable without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from analysis.experiment_file import BEST_MODEL_FILE, REFIT_FOLDER, REPORT_FOLDER, YARDSTICKS_FILE  # noqa: E402
+from analysis.experiment_file import BEST_MODEL_FILE, FINISH_SPACE, REFIT_FOLDER, REPORT_FOLDER, YARDSTICKS_FILE  # noqa: E402
 from analysis.load import STATUSES, ExperimentData, ExperimentError, load_experiment  # noqa: E402
 from analysis.provenance import provenance_md, provenance_notes  # noqa: E402
 from analysis.tables import PSNR_DECIMALS, Table, fmt_hparam, importance_table, main_tables, mean_pm_std  # noqa: E402
@@ -148,6 +148,10 @@ def _refit_md(refit: ExperimentData) -> list[str]:
     reached = sorted({int(e) for e in done["epochs"]}) or [0]
     epochs = f"{reached[0]}" if len(reached) == 1 else f"{reached[0]}-{reached[-1]}"
     until = " (until the time budget ended)" if refit.spec.get("time_budget_min") else ""
+    if refit.spec.get("space") == FINISH_SPACE:
+        return [f"The search's best member trained on alone (the finish, in `{REFIT_FOLDER}/`) from its best "
+                f"checkpoint, with every trial slot's resources and its lr falling linearly to 0, to epoch {epochs}"
+                f"{until}: validation {pm(val)} dB, test {pm(test)} dB at its best validation epoch."]
     return [f"The search's best configuration was trained again (the refit, in `{REFIT_FOLDER}/`) with "
             f"{len(done)} fresh seed{'s' if len(done) != 1 else ''}, {epochs} epochs{until}: "
             f"validation {pm(val)} dB, test {pm(test)} dB (mean ± std over the replicas, each at its best "
@@ -194,7 +198,8 @@ def _write_report(exp: ExperimentData, out: Path, stage: Path, samples: int) -> 
     md += ["", _splits_line(exp)]
     refit = load_refit(exp)
     refit_test = refit.trials["best_test_mean"].dropna() if refit is not None and "best_test_mean" in refit.trials else []
-    line = yardstick_line(read_yardsticks(exp.path / YARDSTICKS_FILE), *((refit_test.mean(), "the refit (mean over its replicas)")
+    finished = refit is not None and refit.spec.get("space") == FINISH_SPACE
+    line = yardstick_line(read_yardsticks(exp.path / YARDSTICKS_FILE), *((refit_test.mean(), "the finish" if finished else "the refit (mean over its replicas)")
                           if len(refit_test) else (_best_test(exp), "the best trial (at its best validation epoch)")))
     if line:
         md += ["", line + "."]
@@ -211,8 +216,11 @@ def _write_report(exp: ExperimentData, out: Path, stage: Path, samples: int) -> 
     source, best = exported(exp, refit)
     from_refit = source is refit
     model = info = None
-    if from_refit:
-        md += _refit_md(source) + [""]
+    if from_refit or (finished and not refit.trials.dropna(subset=["best_psnr_mean"]).empty):
+        md += _refit_md(refit) + [""]
+    if finished and not from_refit:
+        md += ["Its best validation epoch stayed below the member's it started from, so the model exported "
+               "below is that member's.", ""]
     if best is None:
         md += ["No trial has a checkpoint with a finite validation PSNR: nothing to export.", ""]
     else:
@@ -221,7 +229,7 @@ def _write_report(exp: ExperimentData, out: Path, stage: Path, samples: int) -> 
         shown = shown_knobs(info["config"])  # not, e.g., latent for TNet
         hp = ", ".join(f"{k} {fmt_hparam(k, v)}" for k, v in shown.items() if v is not None)
         spread = f" ± {best.config_psnr_std:.2f}" if best.config_psnr_std == best.config_psnr_std else ""
-        which = "Refit replica" if from_refit else "Trial"
+        which = ("Finish" if finished else "Refit replica") if from_refit else "Trial"
         md += [f"{which} `{best.trial_id}` ({hp}) reached the highest seed-mean validation PSNR, "
                f"{best.config_psnr_mean:.2f}{spread} dB, at epoch {best.epoch}. Its best replica (seed {best.seed}, "
                f"{best.val_psnr:.2f} dB) is exported as [best_model.pt](best_model.pt): model name, "

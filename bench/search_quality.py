@@ -118,8 +118,13 @@ def check_settings(exp, args, seed: int):
 
 def best_so_far(exp) -> pd.Series:
     """Test PSNR of the best trial by validation so far (at its best validation epoch so far),
-    against seconds since the first trial started (the trials' own timestamps)."""
-    frames = [read_results(exp.path / folder) for folder in exp.trials["folder"] if folder]
+    against seconds since the first trial started (the trials' own timestamps); the refit's replicas
+    and the finish (analysis.export.load_refit) count as trials."""
+    folders = [exp.path / folder for folder in exp.trials["folder"] if folder]
+    refit = load_refit(exp)
+    if refit is not None:
+        folders += [refit.path / folder for folder in refit.trials["folder"] if folder]
+    frames = [read_results(folder) for folder in folders]
     rows = pd.concat([f for f in frames if not f.empty], ignore_index=True) if frames else pd.DataFrame()
     if rows.empty:
         return pd.Series(dtype=float)

@@ -96,7 +96,11 @@ HPARAM_KEYS = tuple(KNOB)
 #: A trial's epochs under a time budget (a PBT member, a refit replica): only a bound, the time decides.
 OPEN_EPOCHS = 100_000
 #: A trial config's other keys and their defaults: the run's length and replicas, not searched.
-RUN_DEFAULTS = {"epochs": 10, "seeds": 1, "seed": 0, "grid_images": 8, "amp": False}
+#: `start_from`: a checkpoint folder the trial starts from when Tune has none to resume it from (a
+#: search's finish continues its best member); `anneal_s`: the lr falls linearly to 0 over this many
+#: seconds of the trial's training (None: constant).
+RUN_DEFAULTS = {"epochs": 10, "seeds": 1, "seed": 0, "grid_images": 8, "amp": False, "start_from": None,
+                "anneal_s": None}
 #: What a trial trains when its config leaves a key out.
 TRIAL_DEFAULTS = {**{k.name: k.default for k in KNOBS}, **RUN_DEFAULTS}
 #: Searched loss names: the annealed l0 needs its schedule tied to the run's length, so spaces leave it out.

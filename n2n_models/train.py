@@ -152,6 +152,14 @@ class ReplicaTrainer:
         return torch.optim.Adam(params, lr=self.spec.lr, weight_decay=self.spec.weight_decay,
                                 fused=self.device.type in ("cpu", "cuda"), capturable=self.cuda_graphs)
 
+    def scale_lr(self, factor: float):
+        """Train the next steps at `factor` times spec.lr (an annealed finish, search.finish); a
+        captured CUDA graph holds the lr it was captured with, so the step is captured again."""
+        for opt in self.optimizers:
+            for group in opt.param_groups:
+                group["lr"] = self.spec.lr * factor
+        self._graphed.forget()
+
     @property
     def k(self) -> int:
         return len(self.spec.seeds)

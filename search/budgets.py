@@ -21,7 +21,8 @@ class Budget:
 BUDGETS = {
     "smoke": Budget(256, 64, 2, 1, 4, "seconds: tiny data, for tests (no refit)", refit_seeds=0),
     # sized by what it buys (docs/search-quality.md): TNet reaches its plateau on this data in about
-    # 4 minutes of one core; Population Based Training trains its members for all 9 minutes; with
+    # 4 minutes of one core; Population Based Training trains its members for 4.5 minutes and its
+    # best member alone for the rest (search.finish); with
     # TPE + ASHA the search takes 40% (trials of at most 4 epochs, as many as fit) and the refit
     # trains the winner for the rest
     # grids keep the smaller data and longer epochs they had: the report's tables at 5 seeds, UNet

@@ -68,9 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "see docs/space-example.yaml. Replaces --space")
     p.add_argument("--searcher", help="optuna (TPE, default for searches), random, grid (default for grid spaces)")
     p.add_argument("--scheduler", help="asha (default for searches), fifo (default for grid spaces) or pbt "
-                   "(Population Based Training: a population, one member per trial slot, trains for the whole "
-                   "time budget; the worse half regularly takes the better half's weights and perturbs lr, "
-                   "weight decay, loss and batch size)")
+                   "(Population Based Training: a population, one member per trial slot, trains for the first "
+                   "half of the time budget; the worse half regularly takes the better half's weights and perturbs "
+                   "lr, weight decay, loss and batch size; then the best member trains on alone with every slot's "
+                   "resources, its lr falling to 0: the finish)")
     p.add_argument("--budget", default="quick", help="; ".join(f"{k}: {v.description}" for k, v in BUDGETS.items()))
     p.add_argument("--num-samples", type=_positive_int, help="configurations to try (searches)")
     p.add_argument("--seeds", type=_positive_int, help="replicas per configuration (mean ± std reported)")
@@ -81,11 +82,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="after a search, train its best configuration again with this many fresh seeds; the "
                         "report exports the best of them and gives their test PSNR (default: the budget's, "
                         "2 for quick, 5 for paper, none for smoke; grids and --configs have no refit)")
-    p.add_argument("--no-refit", action="store_true", help="end a search without the refit")
+    p.add_argument("--no-refit", action="store_true",
+                   help="end a search without the refit (with --scheduler pbt under a time budget: without the "
+                        "finish, where the best member trains on alone with every slot's resources, its lr "
+                        "falling to 0, for the budget's second half)")
     p.add_argument("--time-budget", type=_positive_float, metavar="MINUTES",
                    help="stop the search after this many minutes, the refit included (trials still running "
                         "are stopped; their checkpoints count); the search takes 40%%, the refit trains the best "
-                        "configuration for the rest (default for searches: the budget's, 9 for quick)")
+                        "configuration for the rest; Population Based Training takes half, its finish the rest "
+                        "(default for searches: the budget's, 9 for quick)")
     p.add_argument("--no-time-budget", action="store_true",
                    help="run every --num-samples configuration to its end, however long that takes")
     p.add_argument("--target", choices=TARGETS,
@@ -186,6 +191,7 @@ def parse(argv: list[str] | None = None, space_spec: dict | None = None) -> tupl
         refit_seeds=refit_seeds,
         time_budget_min=time_budget,
         target=args.target, space_spec=space_spec, amp=args.amp,
+        finish=scheduler == "pbt" and time_budget is not None and not args.no_refit,
     )
     return experiment, args
 

@@ -37,6 +37,7 @@ class Experiment:
     space_spec: dict | None = None  # --space-file or Python: the checked spec (search.space_file)
     target: str | None = None  # --target: every trial's training target (None: the space's, else noisy)
     amp: bool = False  # --amp: every trial trains and evaluates under bfloat16 autocast
+    finish: bool = False  # a Population Based Training search under a time budget ends with its finish (search.finish)
 
     def trial_constants(self) -> dict:
         """What every trial of it, refit included, takes from the command rather than the space."""

@@ -73,18 +73,33 @@ def run_refit(experiment: Experiment, config: dict, trainable, slots: int, yards
         refit.save()
         space = {**refit.configs[0], **experiment.trial_constants(), "epochs": refit.epochs, "seeds": 1,
                  "seed": tune.grid_search(seeds)}
-        tuner = tune.Tuner(
-            trainable, param_space=space,
-            tune_config=tune.TuneConfig(
-                search_alg=BasicVariantGenerator(max_concurrent=slots), num_samples=1, reuse_actors=True,
-                trial_name_creator=trial_name, trial_dirname_creator=TrialDirnames(refit.path), time_budget_s=seconds),
-            run_config=run_config(REFIT_FOLDER, experiment.path, len(seeds), stop=replica_stop(seconds, len(seeds), slots),
-                                  callbacks=[TrialBoard(space_of(experiment).params, root=False,
-                                                        time_budget=seconds is not None)]))
+        tuner = folder_tuner(trainable, space, experiment, len(seeds), slots, seconds,
+                             stop=replica_stop(seconds, len(seeds), slots))
+    return fit_folder(tuner, experiment, refit, print_refit, yardsticks)
+
+
+def folder_tuner(trainable, space: dict, experiment: Experiment, trials: int, at_once: int, seconds: float | None,
+                 stop: dict | None) -> tune.Tuner:
+    """The Tuner of what trains in the experiment's refit folder after its search (the refit's
+    replicas, or search.finish): `space`'s trials, `at_once` at a time, within `seconds`."""
+    return tune.Tuner(
+        trainable, param_space=space,
+        tune_config=tune.TuneConfig(
+            search_alg=BasicVariantGenerator(max_concurrent=at_once), num_samples=1, reuse_actors=True,
+            trial_name_creator=trial_name, trial_dirname_creator=TrialDirnames(f"{experiment.path}/{REFIT_FOLDER}"),
+            time_budget_s=seconds),
+        run_config=run_config(REFIT_FOLDER, experiment.path, trials, stop=stop,
+                              callbacks=[TrialBoard(space_of(experiment).params, root=False,
+                                                    time_budget=seconds is not None)]))
+
+
+def fit_folder(tuner: tune.Tuner, experiment: Experiment, folder: Experiment, printer, yardsticks: dict | None) -> int:
+    """Run `tuner` (folder_tuner's, or its restored state), print its results with `printer` and the
+    commands to look further; returns the exit status (130 when interrupted)."""
     start = time.time()
     results, interrupted = fit(tuner)
-    replicas = trial_rows(refit, results)
-    print_refit(replicas[replicas["status"] != "errored"].dropna(subset=["val_psnr"]), time.time() - start, yardsticks)
+    rows = trial_rows(folder, results)
+    printer(rows[rows["status"] != "errored"].dropna(subset=["val_psnr"]), time.time() - start, yardsticks)
     print_next_steps(experiment)
     return 130 if interrupted else 0
 

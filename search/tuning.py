@@ -7,7 +7,7 @@ import time
 
 from ray import tune
 
-from analysis.experiment_file import YARDSTICKS_FILE
+from analysis.experiment_file import REFIT_FOLDER, YARDSTICKS_FILE
 from n2n_models.classical import write_yardsticks
 from n2n_models.provenance import data_cache_key, record_search
 from trainables import make_trainable
@@ -23,6 +23,7 @@ from .searchers import make_searcher, write_study
 from .spaces import population_space, possible_values, space_of
 from n2n_models.config import OPEN_EPOCHS
 
+from .finish import FINISH_SHARE, run_finish
 from .refit import refit_experiment, run_refit
 from .schedulers import make_scheduler, scheduler_callbacks
 from .summary import print_summary
@@ -120,7 +121,8 @@ def _run(experiment: Experiment, resume: bool, address: str | None) -> int:
     seconds = search_seconds(experiment)
     within = "" if seconds is None else (
         f", for {seconds / 60:.1f} of the {experiment.time_budget_min:g} minutes of --time-budget"
-        + (" (the refit has the rest)" if experiment.refit_seeds else ""))
+        + (" (the refit has the rest)" if experiment.refit_seeds else "")
+        + (" (then the best member trains on alone with every slot's resources)" if experiment.finish else ""))
     if experiment.scheduler == "pbt":
         what = (f"a population of {experiment.num_samples} x {experiment.seeds} seeds, "
                 + ("training until the time budget ends" if seconds else f"{experiment.epochs} epochs"))
@@ -164,6 +166,14 @@ def _run(experiment: Experiment, resume: bool, address: str | None) -> int:
         log(f"Optuna study {experiment.name!r} kept in {study} (Optuna's journal file: optuna.load_study, "
             f"optuna-dashboard)")
     status = 130 if interrupted else 0
+    if not interrupted and experiment.finish and config is not None:
+        left = experiment.time_budget_min * 60 - (time.time() - began)
+        if left < MIN_REFIT_SECONDS:
+            log(f"no finish: {max(left, 0):.0f} s of --time-budget left; the report exports the search's best member")
+        else:
+            status = run_finish(experiment, data, cpus, gpus, slots, yardsticks, seconds=left)
+            if experiment_exists(f"{experiment.path}/{REFIT_FOLDER}"):  # the report of the finish's folder shows it
+                record_provenance(dataclasses.replace(experiment, storage=experiment.path, name=REFIT_FOLDER))
     if not interrupted and experiment.refit_seeds and config is not None:
         left = None if experiment.time_budget_min is None else experiment.time_budget_min * 60 - (time.time() - began)
         if left is not None and left < MIN_REFIT_SECONDS:
@@ -184,8 +194,8 @@ REFIT_SHARE, MIN_REFIT_SECONDS = 0.6, 30
 
 
 def search_seconds(experiment: Experiment) -> float | None:
-    """The search's own time budget: --time-budget, less the refit's share."""
+    """The search's own time budget: --time-budget, less the refit's or the finish's share."""
     if experiment.time_budget_min is None:
         return None
-    share = REFIT_SHARE if experiment.refit_seeds else 0.0
+    share = REFIT_SHARE if experiment.refit_seeds else FINISH_SHARE if experiment.finish else 0.0
     return experiment.time_budget_min * 60 * (1 - share)

@@ -2,7 +2,8 @@
 stay at the report's setting and only training knobs are perturbed; a member restarted from
 another's checkpoint trains with its own new lr and weight decay, and with Adam afresh when its
 loss differs; a search runs, exploits, and is
-reported and exported like any other."""
+reported and exported like any other; under a time budget it ends with its finish (the best
+member trained on alone, its lr falling to 0), whose model the report exports."""
 import json
 
 import pytest
@@ -12,6 +13,15 @@ from ray import tune
 from n2n_models.data import load_pairs
 from n2n_models.train import ReplicaTrainer, TrainSpec
 from search.spaces import SPACES, population_space, start_point
+
+
+def same_epoch_same_weights(one: ReplicaTrainer, other: ReplicaTrainer, pairs) -> bool:
+    """Whether an epoch of each, from the same random state, leaves both with equal weights."""
+    rng = torch.get_rng_state()
+    one.train_epoch(pairs.train_a, pairs.train_b)
+    torch.set_rng_state(rng)
+    other.train_epoch(pairs.train_a, pairs.train_b)
+    return all(torch.equal(a[k], b[k]) for a, b in zip(one.replica_state_dicts(), other.replica_state_dicts()) for k in a)
 
 
 def test_the_population_fixes_the_network_at_the_reports_setting_and_perturbs_training_knobs():
@@ -54,15 +64,54 @@ def test_a_member_restarted_with_another_loss_starts_adam_afresh(fused):
     member.load_state_dict(state)
     fresh.load_state_dict({**state, "optimizers": [{**o, "state": {}} for o in state["optimizers"]]})
     assert all(not opt.state for opt in member.optimizers)  # no moments, no step count
-    rng = torch.get_rng_state()
-    member.train_epoch(pairs.train_a, pairs.train_b)
-    torch.set_rng_state(rng)
-    fresh.train_epoch(pairs.train_a, pairs.train_b)
-    for a, b in zip(member.replica_state_dicts(), fresh.replica_state_dicts()):
-        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert same_epoch_same_weights(member, fresh, pairs)
     same_loss = ReplicaTrainer(TrainSpec("tnet", lr=1e-3, loss="l2", batch_size=32, seeds=(0, 1)), fused=fused)
     same_loss.load_state_dict(state)  # the donor's own loss: the moments come with the weights
     assert {float(s["step"]) for opt in same_loss.optimizers for s in opt.state.values()} == {2.0}
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_a_scaled_lr_trains_exactly_as_that_lr_would(fused):
+    """The finish anneals the lr by scaling it between epochs: the steps after scale_lr(f) are the
+    steps of a trainer built with f times the lr (same state, same batches)."""
+    pairs = load_pairs("synthetic", "pixelate", train_size=64, val_size=8, seed=2)
+    scaled = ReplicaTrainer(TrainSpec("tnet", lr=1e-3, batch_size=32, seeds=(0, 1)), fused=fused)
+    scaled.train_epoch(pairs.train_a, pairs.train_b)
+    state = scaled.state_dict()
+    built = ReplicaTrainer(TrainSpec("tnet", lr=1e-3 * 0.25, batch_size=32, seeds=(0, 1)), fused=fused)
+    built.load_state_dict(state)
+    scaled.scale_lr(0.25)
+    unscaled = ReplicaTrainer(TrainSpec("tnet", lr=1e-3, batch_size=32, seeds=(0, 1)), fused=fused)
+    unscaled.load_state_dict(state)
+    results = []
+    for trainer in (scaled, built, unscaled):
+        torch.set_rng_state(state["rng"]["cpu"])
+        trainer.train_epoch(pairs.train_a, pairs.train_b)
+        results.append(trainer.replica_state_dicts())
+    for a, b, c in zip(*results):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+        assert not all(torch.equal(a[k], c[k]) for k in a)  # the scale did change the steps
+
+
+def test_a_trial_started_from_a_checkpoint_goes_on_from_it(tmp_path):
+    """`start_from` (the finish) loads another trial's checkpoint: weights, Adam's state and epoch,
+    so training on from it is training on the trainer that wrote it; a folder without one is a
+    one-line error."""
+    from n2n_models.checkpoint import write_checkpoint
+    from trainables.n2n import start_from
+
+    pairs = load_pairs("synthetic", "pixelate", train_size=64, val_size=8, seed=2)
+    spec = TrainSpec("tnet", lr=1e-3, batch_size=32, seeds=(3,), ema=0.9)
+    member = ReplicaTrainer(spec)
+    member.train_epoch(pairs.train_a, pairs.train_b)
+    write_checkpoint(tmp_path, member.state_dict(), {"best_val_psnr": 20.0})
+    finish = ReplicaTrainer(spec)
+    start_from(finish, str(tmp_path))
+    assert finish.epoch == member.epoch == 1
+    assert same_epoch_same_weights(member, finish, pairs)
+    with pytest.raises(RuntimeError, match="cannot start from the checkpoint in") as info:
+        start_from(ReplicaTrainer(spec), str(tmp_path / "none"))
+    assert "\n" not in str(info.value)
 
 
 @pytest.mark.slow
@@ -71,11 +120,11 @@ def test_a_pbt_search_exploits_and_is_reported_like_any_search(local_ray, tmp_pa
     from search.cli import main
 
     assert main(["--space", "tnet", "--scheduler", "pbt", "--budget", "smoke", "--data", "synthetic",
-                 "--train-size", "64", "--val-size", "16", "--time-budget", "0.75", "--num-samples", "2",
+                 "--train-size", "64", "--val-size", "16", "--time-budget", "1.25", "--num-samples", "2",
                  "--storage", str(tmp_path),
                  "--name", "p"]) == 0
     out = capsys.readouterr().out
-    assert "errored" not in out and "a population of 2" in out, out
+    assert "errored" not in out and "a population of 2" in out and "Finish done in" in out, out
     experiment = tmp_path / "p"
     exploits = (experiment / "pbt_global.txt").read_text().splitlines()
     assert exploits, "no member took another's weights"
@@ -86,10 +135,38 @@ def test_a_pbt_search_exploits_and_is_reported_like_any_search(local_ray, tmp_pa
     assert any(changed), "PBT changed no member's training knobs during training"
     saved = json.loads((experiment / "n2n_experiment.json").read_text())
     assert saved["num_samples"] == 2 and saved["refit_seeds"] == 0
+    assert saved["finish"] and saved["time_budget_min"] == 1.25
+
+    # the finish: the best member by validation, from its best epoch's checkpoint, alone, lr falling
+    from analysis.export import best_checkpoint
+    from analysis.load import epoch_config, load_experiment
+    from n2n_models.checkpoint import read_checkpoint
+
+    leader = best_checkpoint(load_experiment(experiment))
+    finish = json.loads((experiment / "refit" / "n2n_experiment.json").read_text())
+    assert finish["space"] == "finish" and finish["num_samples"] == 1
+    (trial,) = (experiment / "refit").glob("trial_*")
+    rows = [json.loads(line) for line in (trial / "result.json").read_text().splitlines()]
+    config = rows[0]["config"]
+    member = load_experiment(experiment).trials.loc[leader.trial_id]["folder"]
+    knobs = epoch_config(experiment / member, leader.epoch)  # what the member trained its best epoch with
+    assert config["start_from"] == str(leader.path.parent)
+    assert all(config[k] == knobs[k] for k in ("lr", "loss", "batch_size", "weight_decay")), (config, knobs)
+    started = read_checkpoint(config["start_from"]).trainer["epoch"]
+    assert started == leader.epoch and rows[0]["epoch"] == leader.epoch + 1
+    lrs = [r["lr_now"] for r in rows]
+    assert lrs[0] == config["lr"] and all(0 <= b <= a for a, b in zip(lrs, lrs[1:])) and lrs[-1] < lrs[0] / 2, lrs
+
     assert report_main([str(experiment), "--samples", "2"]) == 0
-    assert (experiment / "report" / "best_model.pt").is_file()
+    model = torch.load(experiment / "report" / "best_model.pt", weights_only=True)
+    # the finish's best epoch, unless the member it started from had the higher validation PSNR
+    finished = best_checkpoint(load_experiment(experiment / "refit"))
+    assert finished.trial_id == rows[0]["trial_id"]
+    expected = finished if finished.config_psnr_mean >= leader.config_psnr_mean else leader
+    assert (model["trial_id"], model["epoch"]) == (expected.trial_id, expected.epoch)
     report = (experiment / "report" / "report.md").read_text()
     assert "Population Based Training" in report and "2 trials: 2 out of time." in report, report[:600]
+    assert "the finish" in report
 
 
 def test_a_population_larger_than_the_trial_slots_exits_2_instead_of_waiting(local_ray, tmp_path, capsys):

@@ -354,10 +354,13 @@ def test_searches_refit_by_default_grids_never(tmp_path):
     from search.cli import parse
 
     storage = ["--storage", str(tmp_path)]
-    # quick, the default budget: a time budget, so Population Based Training, whose members train to
-    # the end (no refit); TPE + ASHA, when asked for, refits its winner
+    # quick, the default budget: a time budget, so Population Based Training, which ends with its
+    # finish (the best member trained on alone) and no refit; TPE + ASHA, when asked for, refits its winner
     default = parse(storage)[0]
     assert (default.scheduler, default.searcher, default.refit_seeds, default.num_samples) == ("pbt", "random", 0, 0)
+    assert default.finish and not parse(["--no-refit", *storage])[0].finish
+    assert not parse(["--scheduler", "pbt", "--no-time-budget", *storage])[0].finish  # the lr falls by the clock
+    assert not parse(["--scheduler", "asha", *storage])[0].finish
     assert parse(["--scheduler", "asha", *storage])[0].refit_seeds == 2
     for asked in (["--searcher", "optuna"], ["--num-samples", "8"], ["--refit-seeds", "2"], ["--no-time-budget"],
                   ["--budget", "smoke"], ["--budget", "paper"]):
@@ -390,11 +393,13 @@ def test_searches_refit_by_default_grids_never(tmp_path):
     assert paper.time_budget_min is None and refit_experiment(paper, config).epochs == paper.epochs
     experiment = parse(["--time-budget", "30", "--scheduler", "asha", *storage])[0]
     assert experiment.time_budget_min == 30.0
+    from search.finish import FINISH_SHARE
     from search.tuning import REFIT_SHARE, search_seconds
 
     assert search_seconds(experiment) == 30 * 60 * (1 - REFIT_SHARE)  # the rest is the refit's
     assert search_seconds(parse(["--time-budget", "30", "--scheduler", "asha", "--no-refit", *storage])[0]) == 30 * 60
-    assert search_seconds(parse(["--time-budget", "30", *storage])[0]) == 30 * 60  # PBT: all of it
+    assert search_seconds(parse(["--time-budget", "30", *storage])[0]) == 30 * 60 * (1 - FINISH_SHARE)  # PBT, then its finish
+    assert search_seconds(parse(["--time-budget", "30", "--no-refit", *storage])[0]) == 30 * 60  # PBT without it: all
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with a CUDA GPU bfloat16 is in hardware whatever the CPU")

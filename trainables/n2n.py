@@ -1,5 +1,8 @@
 """The Noise2Noise trainable: trains `seeds` replicas of one configuration and reports, every
-epoch, their mean and spread with a checkpoint; resumes from `tune.get_checkpoint()`.
+epoch, their mean and spread with a checkpoint; resumes from `tune.get_checkpoint()`, or, when
+Tune has none, starts from the config's `start_from` checkpoint; with `anneal_s` its lr falls
+linearly to 0 over that many seconds of training, and the trial ends there (a search's finish,
+search.finish).
 
 The trial's device comes from `ray.get_gpu_ids()` (a fractional GPU share or none); the data
 arrives through `tune.with_parameters` from the object store, loaded once by the driver.
@@ -99,6 +102,11 @@ def train_n2n(config: dict, data: dict | None = None, yardsticks: dict | None = 
     target = training_target(spec, arrays)
     trainer = ReplicaTrainer(spec, device=device, fused=config.get("fused"))
     extra, resumed = load_checkpoint(trainer, tune.get_checkpoint())
+    if not resumed and config.get("start_from"):
+        start_from(trainer, config["start_from"])
+    anneal_s = config.get("anneal_s")
+    trained_s, epoch_s = extra.get("trained_s", 0.0), 0.0  # training time so far, the last epoch's
+    lr_factor = 1.0  # spec.lr's share the epoch trains at (anneal_s)
     best, best_epoch = extra.get("best_val_psnr", -math.inf), extra.get("best_epoch", 0)
     best_test = extra.get("best_epoch_test_psnr", float("nan"))
     with torch.random.fork_rng():  # counting must not shift the random stream training draws from
@@ -109,6 +117,13 @@ def train_n2n(config: dict, data: dict | None = None, yardsticks: dict | None = 
     grid = ImageGrid(int(config.get("grid_images", TRIAL_DEFAULTS["grid_images"])))
     while trainer.epoch < spec.epochs:
         inject_fault(config, trainer.epoch + 1, resumed)
+        epoch_began = time.time()
+        if anneal_s:  # the lr at the epoch's middle on a line from spec.lr to 0 at anneal_s
+            if trained_s >= anneal_s:
+                return
+            # (an epoch's time is that of the last; never above the last epoch's lr when epochs vary)
+            lr_factor = min(lr_factor, max(0.0, 1.0 - (trained_s + epoch_s / 2) / anneal_s))
+            trainer.scale_lr(lr_factor)
         losses = trainer.train_epoch(arrays["train_a"], target)
         diverged = not bool(torch.isfinite(losses).all())
         nan = torch.full((trainer.k,), float("nan"))
@@ -133,6 +148,7 @@ def train_n2n(config: dict, data: dict | None = None, yardsticks: dict | None = 
             "classical_test_psnr": classical.get("test_psnr", float("nan")),
             "params": params,
             "epoch": trainer.epoch,
+            "lr_now": spec.lr * lr_factor,  # the lr the epoch trained at (anneal_s), else the config's
             "diverged": diverged,
             "node_id": ray.get_runtime_context().get_node_id(),
             "gpu_ids": ",".join(str(g) for g in ray.get_gpu_ids()),
@@ -143,12 +159,26 @@ def train_n2n(config: dict, data: dict | None = None, yardsticks: dict | None = 
             "seed_test_psnr": {str(s): float(v) for s, v in zip(spec.seeds, seed_test)},
             "seed_loss": {str(s): float(v) for s, v in zip(spec.seeds, losses)},
         }
+        epoch_s = time.time() - epoch_began
+        trained_s += epoch_s
         with tempfile.TemporaryDirectory() as d:
             write_checkpoint(d, trainer.state_dict(), {"best_val_psnr": best, "best_epoch": best_epoch,
-                                                       "best_epoch_test_psnr": best_test})
+                                                       "best_epoch_test_psnr": best_test, "trained_s": trained_s})
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
         if diverged:
             return
+
+
+def start_from(trainer: ReplicaTrainer, folder: str):
+    """Load the checkpoint in `folder` (another trial's) to train on from it: its weights, Adam's
+    state, the weights' moving average and its epoch; its record of best epochs is not carried,
+    this trial keeps its own."""
+    try:
+        state = read_checkpoint(folder, map_location=trainer.device)
+        trainer.load_state_dict(state.trainer)
+    except Exception as e:  # noqa: BLE001 - whatever is wrong with it, the trial cannot start from it
+        reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise RuntimeError(f"cannot start from the checkpoint in {folder}: {reason}") from None
 
 
 class InjectedFault(RuntimeError):
