@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from pathlib import Path
 
 import ray
@@ -80,9 +81,9 @@ def finish_resources(cpus: float, gpus: float, slots: int) -> tuple[float, float
     nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
     node_cpus = max((n.get("CPU", 0) for n in nodes), default=cpus)
     node_gpus = max((n.get("GPU", 0) for n in nodes), default=gpus)
-    finish_cpus = max(cpus, min(cpus * slots, node_cpus))
+    finish_cpus = max(cpus, math.floor(min(cpus * slots, node_cpus)))  # whole CPUs: torch's threads
     finish_gpus = 0.0 if not gpus else max(gpus, min(gpus * slots, node_gpus, 1.0))
-    return float(int(finish_cpus)) if finish_cpus >= 1 else finish_cpus, finish_gpus
+    return float(finish_cpus), finish_gpus
 
 
 def run_finish(experiment: Experiment, data: dict, cpus: float, gpus: float, slots: int,

@@ -85,7 +85,7 @@ def print_summary(experiment, results, seconds: float, top: int = 10, interrupte
     line = yardstick_line(yardsticks, ok.iloc[0]["test_psnr"], "this search's best")
     if line:
         print(line, file=out)
-    if not (experiment.refit_seeds or getattr(experiment, "finish", False)) or interrupted:
+    if not (experiment.refit_seeds or experiment.finish) or interrupted:
         print_next_steps(experiment)
     return dict(best.config)
 

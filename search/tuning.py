@@ -26,7 +26,7 @@ from n2n_models.config import OPEN_EPOCHS
 from .finish import FINISH_SHARE, run_finish
 from .refit import refit_experiment, run_refit
 from .schedulers import make_scheduler, scheduler_callbacks
-from .summary import print_summary
+from .summary import print_next_steps, print_summary
 from .tune_internals import quiet_trials_without_results
 
 METRIC, MODE = "best_val_psnr", "max"
@@ -170,6 +170,7 @@ def _run(experiment: Experiment, resume: bool, address: str | None) -> int:
         left = experiment.time_budget_min * 60 - (time.time() - began)
         if left < MIN_REFIT_SECONDS:
             log(f"no finish: {max(left, 0):.0f} s of --time-budget left; the report exports the search's best member")
+            print_next_steps(experiment)
         else:
             status = run_finish(experiment, data, cpus, gpus, slots, yardsticks, seconds=left)
             if experiment_exists(f"{experiment.path}/{REFIT_FOLDER}"):  # the report of the finish's folder shows it
@@ -178,6 +179,7 @@ def _run(experiment: Experiment, resume: bool, address: str | None) -> int:
         left = None if experiment.time_budget_min is None else experiment.time_budget_min * 60 - (time.time() - began)
         if left is not None and left < MIN_REFIT_SECONDS:
             log(f"no refit: {max(left, 0):.0f} s of --time-budget left; the report exports the search's best trial")
+            print_next_steps(experiment)
         else:
             status = run_refit(experiment, config, trainable, slots, yardsticks, seconds=left)
             record_provenance(refit_experiment(experiment, config))  # the report of the refit's folder shows it
