@@ -24,7 +24,7 @@ from .experiment import Experiment, is_uri
 from .experiment_folder import experiment_exists
 from .progress import log
 from .refit import fit_folder, folder_tuner
-from .summary import print_next_steps
+from .summary import ended, print_next_steps
 
 #: The share of a --time-budget that the finish takes from a Population Based Training search.
 FINISH_SHARE = 0.5
@@ -124,12 +124,13 @@ def run_finish(experiment: Experiment, data: dict, cpus: float, gpus: float, slo
     return fit_folder(tuner, experiment, finish, functools.partial(print_finish, leader=leader), yardsticks)
 
 
-def print_finish(rows, seconds: float, yardsticks: dict | None = None, leader: Leader | None = None) -> None:
+def print_finish(rows, seconds: float, yardsticks: dict | None = None, interrupted: bool = False,
+                 leader: Leader | None = None) -> None:
     if rows.empty:
         print("\nFinish: no result; the report exports the search's best member instead.")
         return
     row = rows.iloc[0]
-    print(f"\nFinish done in {seconds / 60:.1f} min: the best member trained on for {row['epochs']:.0f} epochs, "
+    print(f"\nFinish {ended(seconds, interrupted)}: the best member trained on for {row['epochs']:.0f} epochs, "
           f"best after {row['best_epoch']:.0f}: validation {row['val_psnr']:.2f} dB, test {row['test_psnr']:.2f} dB")
     line = yardstick_line(yardsticks, row["test_psnr"], "the finish")
     if line:

@@ -23,7 +23,7 @@ from .experiment_folder import experiment_exists
 from .fitting import fit, run_config, TrialDirnames, trial_name
 from .progress import log
 from .spaces import space_of
-from .summary import print_next_steps, trial_rows
+from .summary import ended, print_next_steps, trial_rows
 
 
 
@@ -99,17 +99,19 @@ def fit_folder(tuner: tune.Tuner, experiment: Experiment, folder: Experiment, pr
     start = time.time()
     results, interrupted = fit(tuner)
     rows = trial_rows(folder, results)
-    printer(rows[rows["status"] != "errored"].dropna(subset=["val_psnr"]), time.time() - start, yardsticks)
+    printer(rows[rows["status"] != "errored"].dropna(subset=["val_psnr"]), time.time() - start, yardsticks,
+            interrupted=interrupted)
     print_next_steps(experiment)
     return 130 if interrupted else 0
 
 
-def print_refit(replicas: pd.DataFrame, seconds: float, yardsticks: dict | None = None) -> None:
+def print_refit(replicas: pd.DataFrame, seconds: float, yardsticks: dict | None = None,
+                interrupted: bool = False) -> None:
     if replicas.empty:
         print("\nRefit: no replica produced a result; the report exports the search's best trial instead.")
         return
     val, test = replicas["val_psnr"], replicas["test_psnr"]
-    print(f"\nRefit done in {seconds / 60:.1f} min: {len(replicas)} replica{'s' if len(replicas) > 1 else ''} of the "
+    print(f"\nRefit {ended(seconds, interrupted)}: {len(replicas)} replica{'s' if len(replicas) > 1 else ''} of the "
           f"best configuration, each at its best validation epoch: validation {mean_pm_std(val.mean(), val.std(), 2)} "
           f"dB, test {mean_pm_std(test.mean(), test.std(), 2)} dB (mean ± std over replicas)")
     line = yardstick_line(yardsticks, replicas["test_psnr"].mean(), "the refit")

@@ -14,19 +14,47 @@ from n2n_models.config import shown_knobs
 
 from .tune_internals import cluster_launcher_config
 
+#: How Tune names a configuration key in a trial's metrics table (Result.metrics_dataframe)
+CONFIG_COLUMN = "config/"
+
+
+def ended(seconds: float, interrupted: bool) -> str:
+    """How a search's, a refit's or a finish's summary says it ended."""
+    return f"{'interrupted after' if interrupted else 'done in'} {seconds / 60:.1f} min"
+
+
+def best_epoch_config(result, best: pd.Series) -> dict:
+    """The configuration the trial trained its best epoch with: its row's `config/` columns (Population
+    Based Training changes a member's configuration between epochs, and Tune's `Result.config` is
+    the one set last, at an exchange that may never have trained), else `Result.config`."""
+    columns = {name[len(CONFIG_COLUMN):]: value for name, value in best.items()
+               if name.startswith(CONFIG_COLUMN) and not pd.isna(value)}
+    return {**(result.config or {}), **columns}
+
+
+def own_trial_id(result, history: pd.DataFrame) -> str:
+    """The trial's own id, from its own rows: after an exchange Tune's `Result.metrics` can be the
+    last result of the member it copied (Ray's PBT `_exploit` hands the trial that member's)."""
+    if "trial_id" in history:
+        ids = history["trial_id"].dropna()
+        if len(ids):
+            return str(ids.iloc[-1])
+    return (result.metrics or {}).get("trial_id", "")
+
 
 def trial_rows(experiment, results) -> pd.DataFrame:
     """One row per trial: its configuration, its best epoch's seed mean ± std, and its fate."""
     rows = []
     for result in results:
         history = result.metrics_dataframe
-        config = result.config or {}
-        row = shown_knobs(config)
-        row["trial"] = (result.metrics or {}).get("trial_id", "")
         if history is None or history.empty or "val_psnr" not in history:
+            row = shown_knobs(result.config or {})
+            row["trial"] = (result.metrics or {}).get("trial_id", "")
             row.update(epochs=0, val_psnr=float("nan"), val_psnr_std=float("nan"), test_psnr=float("nan"))
         else:
             best = history.loc[history["val_psnr"].fillna(-1e9).idxmax()]
+            row = shown_knobs(best_epoch_config(result, best))
+            row["trial"] = own_trial_id(result, history)
             row.update(epochs=int(history["training_iteration"].max()), best_epoch=int(best["training_iteration"]),
                        val_psnr=best["val_psnr"], val_psnr_std=best.get("val_psnr_std", 0.0),
                        test_psnr=best.get("test_psnr", float("nan")))
@@ -47,7 +75,7 @@ def print_summary(experiment, results, seconds: float, top: int = 10, interrupte
     df = trial_rows(experiment, results)
     out = sys.stdout
     counts = df["status"].value_counts().to_dict() if not df.empty else {}
-    print(f"\nSearch {experiment.name} {'interrupted after' if interrupted else 'done in'} {seconds / 60:.1f} min: {len(df)} trials "
+    print(f"\nSearch {experiment.name} {ended(seconds, interrupted)}: {len(df)} trials "
           f"({', '.join(f'{v} {k}' for k, v in counts.items())})", file=out)
     repeats = experiment.num_samples - len(df)
     # under --time-budget, fewer trials than samples means the time ran out, not that TPE repeated itself

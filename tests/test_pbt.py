@@ -169,6 +169,55 @@ def test_a_pbt_search_exploits_and_is_reported_like_any_search(local_ray, tmp_pa
     assert "the finish" in report
 
 
+def test_the_summary_shows_each_member_under_its_own_id_with_its_best_epochs_knobs():
+    """After an exchange Ray's PBT hands a member the last result of the member it copied (its
+    `Result.metrics` and `Result.config`): a member paused there when the time ran out was listed
+    under the other's id with knobs it never trained."""
+    import pandas as pd
+    from ray.tune import Result
+
+    from search.cli import parse
+    from search.summary import trial_rows
+
+    def history(trial_id, lrs, vals):
+        return pd.DataFrame({"trial_id": trial_id, "training_iteration": range(1, len(lrs) + 1),
+                             "epoch": range(1, len(lrs) + 1), "val_psnr": vals, "val_psnr_std": 0.0,
+                             "test_psnr": [v - 0.3 for v in vals], "config/model": "tnet", "config/lr": lrs,
+                             "config/loss": "l2", "config/batch_size": 32})
+
+    def last(frame, **changes):
+        return {"trial_id": frame["trial_id"].iloc[-1], "training_iteration": len(frame),
+                "config": {"model": "tnet", "lr": frame["config/lr"].iloc[-1], "loss": "l2", "batch_size": 32,
+                           **changes}}
+
+    leader = history("b", [8e-4] * 5, [25.0, 26.0, 26.5, 26.8, 27.0])
+    # member a: lr 5e-4, took b's weights and lr 1e-3 at epoch 3, best at epoch 4, then paused at an
+    # exchange to lr 1.2e-3 when the time ran out: Tune's result for it is b's last, with the new lr
+    member = history("a", [5e-4, 5e-4, 1e-3, 1e-3], [24.0, 25.0, 26.6, 26.9])
+    results = [Result(metrics=last(leader), checkpoint=None, error=None, path="/b", metrics_dataframe=leader),
+               Result(metrics=last(leader, lr=1.2e-3), checkpoint=None, error=None, path="/a",
+                      metrics_dataframe=member)]
+    experiment = parse(["--space", "tnet", "--scheduler", "pbt", "--time-budget", "2"])[0]
+    rows = trial_rows(experiment, results).set_index("trial")
+    assert sorted(rows.index) == ["a", "b"]
+    assert rows.loc["a", "lr"] == 1e-3 and rows.loc["a", "best_epoch"] == 4 and rows.loc["a", "val_psnr"] == 26.9
+    assert rows.loc["b", "lr"] == 8e-4 and rows.loc["b", "best_epoch"] == 5
+
+
+def test_an_interrupted_finish_or_refit_says_so(capsys):
+    import pandas as pd
+
+    from search.finish import print_finish
+    from search.refit import print_refit
+
+    rows = pd.DataFrame([{"epochs": 9, "best_epoch": 7, "val_psnr": 27.5, "test_psnr": 27.1}])
+    for printer, name in ((print_finish, "Finish"), (print_refit, "Refit")):
+        printer(rows, 90.0, interrupted=True)
+        printer(rows, 90.0)
+        out = capsys.readouterr().out
+        assert f"{name} interrupted after 1.5 min:" in out and f"{name} done in 1.5 min:" in out, out
+
+
 def test_a_population_larger_than_the_trial_slots_exits_2_instead_of_waiting(local_ray, tmp_path, capsys):
     """Members train until the budget ends, so one without a slot would never start."""
     from search.cli import main
