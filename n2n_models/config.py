@@ -87,6 +87,10 @@ KNOBS = (
     # exported (0: none, the report's way: the weights as the last step left them)
     Knob("ema", float, 0.0, "EMA", "a number in [0, 1)", lambda v: 0 <= v < 1, show=lambda v: f"{float(v):g}",
          slug=lambda v: f"ema{float(v):g}" if v else ""),
+    # the decay of Adam's running mean of squared gradients (PyTorch's default 0.999; the Noise2Noise
+    # paper trained with 0.99, which adapts each weight's step to its gradients' scale sooner)
+    Knob("beta2", float, 0.999, "Adam beta2", "a number in (0, 1)", lambda v: 0 < v < 1, show=lambda v: f"{float(v):g}",
+         slug=lambda v: f"beta{float(v):g}" if float(v) != 0.999 else ""),
     # what the loss compares the output with: the pair's second noisy copy (Noise2Noise) or the
     # clean image (Noise2Clean, for data made from clean images); the same batches either way
     Knob("target", str, "noisy", "Target", choices=TARGETS, slug=lambda v: "n2c" if v == "clean" else ""),
@@ -125,6 +129,7 @@ class TrainSpec:
     target: str = TRIAL_DEFAULTS["target"]  # what train_epoch's second argument holds: noisy copies or clean images
     augment: bool = TRIAL_DEFAULTS["augment"]  # flips, rotations and swaps of the pairs (n2n_models.augment)
     ema: float = TRIAL_DEFAULTS["ema"]  # decay of the weights' moving average that is evaluated (0: none)
+    beta2: float = TRIAL_DEFAULTS["beta2"]  # Adam's decay of its squared-gradient average (betas[1])
 
     def __post_init__(self):
         self.seeds = tuple(int(s) for s in self.seeds)

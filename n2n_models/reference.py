@@ -3,7 +3,7 @@ n2n_models.train must match), and the data order both loops draw their batches i
 
 The data is one float tensor (0-255) in host memory, shuffled once per epoch, sliced per batch,
 moved to the device and divided by 255 per batch; a standard module forward in the default memory
-layout; the L2 loss; the default Adam and `optimizer.step()`.
+layout; the L2 loss; Adam (PyTorch's defaults but for its lr and beta2) and `optimizer.step()`.
 """
 from __future__ import annotations
 
@@ -23,12 +23,13 @@ class ReferenceLoop:
     that it sees the same batches as `ReplicaTrainer` with the same seed."""
 
     def __init__(self, model: str, hparams: dict, seed: int, train_a: torch.Tensor, train_b: torch.Tensor,
-                 batch_size: int, lr: float = 5e-4, device="cpu"):
+                 batch_size: int, lr: float = 5e-4, device="cpu", beta2: float = 0.999):
         torch.manual_seed(seed)
         self.device = torch.device(device)
         self.model = build_model(model, **hparams).to(self.device)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr)
-        self.a, self.b = train_a.cpu().float(), train_b.cpu().float()
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr, betas=(0.9, beta2))
+        dtype = torch.get_default_dtype()  # float32 unless a test trains in float64
+        self.a, self.b = train_a.cpu().to(dtype), train_b.cpu().to(dtype)
         self.seed, self.batch_size, self.epoch = seed, batch_size, 0
 
     def train_epoch(self) -> list[torch.Tensor]:

@@ -32,6 +32,8 @@ from .losses import PROGRESS_LOSSES, get_loss
 from .metrics import psnr_per_image
 from .reference import data_order
 
+ADAM_BETA1 = 0.9  # Adam's decay of its gradient average (PyTorch's default; beta2 is a knob, TrainSpec.beta2)
+
 # the names tests, benchmarks and the trainable import from here
 __all__ = ["GRAPH_WARM_UP", "NotGroupable", "ReplicaTrainer", "TrainSpec", "data_order", "eval_batch_size",
            "fused_by_default", "group_replicas", "training_target"]
@@ -150,7 +152,7 @@ class ReplicaTrainer:
         # Adam's fused kernel: one pass over each tensor instead of a dozen (same update rule);
         # capturable keeps its step count on the GPU, so that a CUDA graph can replay it
         return torch.optim.Adam(params, lr=self.spec.lr, weight_decay=self.spec.weight_decay,
-                                fused=self.device.type in ("cpu", "cuda"), capturable=self.cuda_graphs)
+                                betas=(ADAM_BETA1, self.spec.beta2), fused=self.device.type in ("cpu", "cuda"), capturable=self.cuda_graphs)
 
     def scale_lr(self, factor: float):
         """Train the next steps at `factor` times spec.lr (an annealed finish, search.finish); a
@@ -427,10 +429,10 @@ def _join_optimizer_state(net: nn.Module, opt: torch.optim.Optimizer, replicas: 
     """Load the states of the replicas `net` computes (`_split_optimizer_state`'s layout) into `opt`,
     each tensor in its parameter's device, dtype and memory layout."""
     names, params = _names_in_order(net, opt), dict(net.named_parameters())
-    # lr and weight decay are the trial's configuration's (Population Based Training changes them
-    # between checkpoints); the rest of the optimiser's settings come with its state
+    # lr, weight decay and betas are the trial's configuration's (Population Based Training changes
+    # them between checkpoints); the rest of the optimiser's settings come with its state
     settings = {key: v for key, v in replicas[0]["param_groups"][0].items()
-                if key not in ("params", "lr", "weight_decay")}
+                if key not in ("params", "lr", "weight_decay", "betas")}
     state = {}
     for i, name in enumerate(names):
         if name not in replicas[0]["state"]:

@@ -103,13 +103,17 @@ SPACES = {
          "width": tune.choice([16, 32, 64, 128]), "batch_size": tune.choice([16, 32, 64])},
     ),
     "unet": Space(
-        "unet", "Noise2Noise UNet: lr, loss, dropout, base width, batch norm (batch 16, augmented pairs, weights' moving average)",
+        "unet", "Noise2Noise UNet: lr, loss, dropout, base width, batch norm (batch 16, Adam beta2 0.99, augmented pairs, "
+        "weights' moving average)",
         {"model": "unet", "lr": tune.loguniform(1e-4, 3e-3), "loss": tune.choice(LOSSES),
          "dropout": tune.uniform(0.0, 0.3), "width": tune.choice([24, 48, 96]),
          "batchnorm": tune.choice([False, True]),
          # batch 16, not the report's 32: twice the steps for 5% more time an epoch on a CPU; at equal
          # wall time +0.17 dB on held-out photos, +0.07 at 30 minutes of a search (docs/search-quality.md, session 12)
          "batch_size": 16,
+         # Adam's beta2 0.99, the Noise2Noise paper's, not PyTorch's 0.999: the 30-minute search's best
+         # so far +0.15 dB at 7.5 minutes, +0.06 at 15, level at 30 (docs/search-quality.md, session 13)
+         "beta2": 0.99,
          # on for every UNet trial: +0.26 dB on held-out photos over the best epoch without them at 30
          # minutes, invisible in the first minutes a short trial has to show it (docs/search-quality.md, session 7)
          "augment": True, "ema": 0.999},

@@ -208,6 +208,38 @@ def test_a_checkpoint_keeps_the_moving_average_and_the_augmented_pairs_go_on(syn
                 torch.testing.assert_close(got[name], value, atol=FLOAT64_TOLERANCE, rtol=0, msg=lambda m: f"{key} {name}: {m}")
 
 
+@numeric
+@pytest.mark.parametrize("fused", [False, True])
+def test_adam_trains_with_the_configured_beta2_also_after_a_checkpoint_written_with_another(synthetic, float64,
+                                                                                            fused):
+    """`beta2` is Adam's: the trainer takes the steps of the plain loop's Adam with that beta2, and
+    one resumed from a checkpoint written with another beta2 goes on with its own configuration's
+    (the unet space trains with 0.99; checkpoints before the knob were written with 0.999)."""
+    from n2n_models.reference import ReferenceLoop
+
+    a, b = synthetic.train_a[:96], synthetic.train_b[:96]
+    spec = dict(lr=1e-3, batch_size=32, epochs=3, seeds=(7,))
+    reference = ReferenceLoop("tnet", {}, 7, a, b, batch_size=32, lr=1e-3, beta2=0.999)
+    first = ReplicaTrainer(TrainSpec("tnet", **spec), fused=fused)
+    torch.testing.assert_close(first.train_epoch(a, b), torch.stack(reference.train_epoch()).mean().reshape(1),
+                               atol=FLOAT64_TOLERANCE, rtol=0)
+    resumed = ReplicaTrainer(TrainSpec("tnet", **spec, beta2=0.9), fused=not fused)
+    resumed.load_state_dict(first.state_dict())
+    for group in reference.optimizer.param_groups:  # the plain loop switches by hand
+        group["betas"] = (0.9, 0.9)
+    kept = ReplicaTrainer(TrainSpec("tnet", **spec), fused=fused)  # the same checkpoint, beta2 left at 0.999
+    kept.load_state_dict(first.state_dict())
+    for _ in range(2):
+        want = torch.stack(reference.train_epoch()).mean().reshape(1)
+        torch.testing.assert_close(resumed.train_epoch(a, b), want, atol=FLOAT64_TOLERANCE, rtol=0)
+        kept.train_epoch(a, b)
+    got, other = resumed.replica_state_dicts()[0], kept.replica_state_dicts()[0]
+    for name, value in reference.model.state_dict().items():
+        torch.testing.assert_close(got[name], value, atol=FLOAT64_TOLERANCE, rtol=0, msg=lambda m: f"{name}: {m}")
+    # the test can tell the two apart: 0.999 steps elsewhere by far more than the tolerance
+    assert max((other[n] - got[n]).abs().max().item() for n in got) > 1e3 * FLOAT64_TOLERANCE
+
+
 @pytest.mark.parametrize("target", ["noisy", "clean"])
 def test_augmented_pairs_are_each_turned_as_one_and_swapped_only_for_noisy_targets(synthetic, target):
     from n2n_models.augment import SYMMETRIES, augment_pairs, symmetry
