@@ -48,6 +48,10 @@ class Knob:
         return tuple(m for m, keys in MODEL_HPARAMS.items() if self.name in keys)
 
 
+#: Adam's (beta1, beta2), PyTorch's defaults: beta1 is fixed, beta2 is a knob's default (TrainSpec.beta2)
+ADAM_BETAS = (0.9, 0.999)
+
+
 #: Every knob, in the order tables and summaries show them.
 def _scientific(value) -> str:
     return f"{float(value):.2e}"
@@ -89,8 +93,8 @@ KNOBS = (
          slug=lambda v: f"ema{float(v):g}" if v else ""),
     # the decay of Adam's running mean of squared gradients (PyTorch's default 0.999; the Noise2Noise
     # paper trained with 0.99, which adapts each weight's step to its gradients' scale sooner)
-    Knob("beta2", float, 0.999, "Adam beta2", "a number in (0, 1)", lambda v: 0 < v < 1, show=lambda v: f"{float(v):g}",
-         slug=lambda v: f"beta{float(v):g}" if float(v) != 0.999 else ""),
+    Knob("beta2", float, ADAM_BETAS[1], "Adam beta2", "a number in (0, 1)", lambda v: 0 < v < 1,
+         show=lambda v: f"{float(v):g}", slug=lambda v: f"beta{float(v):g}" if float(v) != ADAM_BETAS[1] else ""),
     # what the loss compares the output with: the pair's second noisy copy (Noise2Noise) or the
     # clean image (Noise2Clean, for data made from clean images); the same batches either way
     Knob("target", str, "noisy", "Target", choices=TARGETS, slug=lambda v: "n2c" if v == "clean" else ""),

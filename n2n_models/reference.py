@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from . import build_model
+from .config import ADAM_BETAS
 
 
 def data_order(seed: int, epoch: int, n: int, device) -> torch.Tensor:
@@ -23,11 +24,11 @@ class ReferenceLoop:
     that it sees the same batches as `ReplicaTrainer` with the same seed."""
 
     def __init__(self, model: str, hparams: dict, seed: int, train_a: torch.Tensor, train_b: torch.Tensor,
-                 batch_size: int, lr: float = 5e-4, device="cpu", beta2: float = 0.999):
+                 batch_size: int, lr: float = 5e-4, device="cpu", beta2: float = ADAM_BETAS[1]):
         torch.manual_seed(seed)
         self.device = torch.device(device)
         self.model = build_model(model, **hparams).to(self.device)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr, betas=(0.9, beta2))
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr, betas=(ADAM_BETAS[0], beta2))
         dtype = torch.get_default_dtype()  # float32 unless a test trains in float64
         self.a, self.b = train_a.cpu().to(dtype), train_b.cpu().to(dtype)
         self.seed, self.batch_size, self.epoch = seed, batch_size, 0

@@ -23,7 +23,7 @@ from torch.optim.swa_utils import get_ema_multi_avg_fn
 from . import build_model
 from .allocator import keep_freed_memory
 from .augment import augment_pairs
-from .config import TrainSpec
+from .config import ADAM_BETAS, TrainSpec
 from .cuda_graphs import GRAPH_WARM_UP, GraphedStep
 from .data.specs import TRAIN_CLEAN
 from .fast_layers import speed_up
@@ -31,8 +31,6 @@ from .fused import NotGroupable, from_groups, group_replicas, to_groups
 from .losses import PROGRESS_LOSSES, get_loss
 from .metrics import psnr_per_image
 from .reference import data_order
-
-ADAM_BETA1 = 0.9  # Adam's decay of its gradient average (PyTorch's default; beta2 is a knob, TrainSpec.beta2)
 
 # the names tests, benchmarks and the trainable import from here
 __all__ = ["GRAPH_WARM_UP", "NotGroupable", "ReplicaTrainer", "TrainSpec", "data_order", "eval_batch_size",
@@ -152,7 +150,8 @@ class ReplicaTrainer:
         # Adam's fused kernel: one pass over each tensor instead of a dozen (same update rule);
         # capturable keeps its step count on the GPU, so that a CUDA graph can replay it
         return torch.optim.Adam(params, lr=self.spec.lr, weight_decay=self.spec.weight_decay,
-                                betas=(ADAM_BETA1, self.spec.beta2), fused=self.device.type in ("cpu", "cuda"), capturable=self.cuda_graphs)
+                                betas=(ADAM_BETAS[0], self.spec.beta2),
+                                fused=self.device.type in ("cpu", "cuda"), capturable=self.cuda_graphs)
 
     def scale_lr(self, factor: float):
         """Train the next steps at `factor` times spec.lr (an annealed finish, search.finish); a
