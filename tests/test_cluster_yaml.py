@@ -144,7 +144,10 @@ def test_setup_installs_the_project_with_the_pinned_ray(name):
     cluster_extra = re.search(r"^cluster = \[(.*)\]", pyproject, re.M).group(1)
     assert (f"ray[default]{pinned}" in words
             or "~/n2n-search[cluster]" in words and f'"ray[default]{pinned}"' in cluster_extra), setup
-    assert any(w == "torch" or w.startswith("torch==") for w in words)  # cluster-local.yaml pins the version
+    # every node installs the torch that CI tests (the version of .ci/run's `pip install torch==...`)
+    tested = re.search(r"pip install -q torch==([0-9.]+)", (REPO / ".ci" / "run").read_text()).group(1)
+    torches = [w.rstrip(";&|") for w in words if re.fullmatch(r"torch([=<>!~].*)?", w)]
+    assert torches and all(w == f"torch=={tested}" for w in torches), torches
     assert config["file_mounts"].get("~/n2n-search") == "."
     assert any(re.search(r"pip install -e ~/n2n-search\b", c) for c in setup), setup
     # token auth on every node, with the token of the machine that runs `ray up`
