@@ -108,7 +108,7 @@ SPACES = {
         {"model": "unet", "lr": tune.loguniform(1e-4, 3e-3), "loss": tune.choice(LOSSES),
          "dropout": tune.uniform(0.0, 0.3), "width": tune.choice([24, 48, 96]),
          # no batch norm: it cost the UNet 1.7-2.5 dB test after 3 epochs on CBSD432 (and the report's TNet
-         # 0.87 dB), so trials with it only fill ASHA's first rung (docs/search-quality.md, session 14)
+         # 0.87 dB), so trials with it would only fill ASHA's first rung (docs/search-quality.md, session 14)
          "batchnorm": False,
          # batch 16, not the report's 32: twice the steps for 5% more time an epoch on a CPU; at equal
          # wall time +0.17 dB on held-out photos, +0.07 at 30 minutes of a search (docs/search-quality.md, session 12)
