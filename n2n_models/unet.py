@@ -1,4 +1,5 @@
-"""The Noise2Noise paper's UNet (Lehtinen et al. 2018, appendix A.1): 991,203 parameters at width 48."""
+"""The Noise2Noise paper's UNet (Lehtinen et al. 2018, appendix A.1): 991,203 parameters at width 48,
+and optionally a residual output (the input plus what the network computes)."""
 import torch
 from torch import nn
 
@@ -15,10 +16,13 @@ def _conv(cin: int, cout: int, batchnorm: bool, dropout: float) -> nn.Sequential
 class UNet(nn.Module):
     """Five 2x2 max-pools (1x1 bottleneck on 32x32 input); each decoder stage has its own two
     convolutions of 2*width channels after a nearest upsample and skip concatenation; a
-    64 -> 32 -> 3 head on the concatenation with the input, linear output."""
+    64 -> 32 -> 3 head on the concatenation with the input, linear output. `residual_output` adds the
+    input to that output (no parameters): the network then learns the correction, and starts from
+    the noisy image rather than from noise."""
 
-    def __init__(self, width: int = 48, batchnorm: bool = False, dropout: float = 0.0):
+    def __init__(self, width: int = 48, batchnorm: bool = False, dropout: float = 0.0, residual_output: bool = False):
         super().__init__()
+        self.residual_output = residual_output
         w, d = width, 2 * width
         c = lambda i, o: _conv(i, o, batchnorm, dropout)  # noqa: E731
         self.enc0 = nn.Sequential(c(3, w), c(w, w))
@@ -40,4 +44,5 @@ class UNet(nn.Module):
         h = self.bottleneck(h)
         for conv in self.dec:
             h = conv(torch.cat([self.up(h), skips.pop()], 1))
-        return self.head(torch.cat([self.up(h), skips.pop()], 1))
+        out = self.head(torch.cat([self.up(h), skips.pop()], 1))
+        return x + out if self.residual_output else out

@@ -103,13 +103,17 @@ SPACES = {
          "width": tune.choice([16, 32, 64, 128]), "batch_size": tune.choice([16, 32, 64])},
     ),
     "unet": Space(
-        "unet", "Noise2Noise UNet: lr, loss, dropout, base width (no batch norm, batch 16, Adam beta2 0.99, augmented "
-        "pairs, weights' moving average)",
+        "unet", "Noise2Noise UNet: lr, loss, dropout, base width (residual output, no batch norm, batch 16, Adam beta2 "
+        "0.99, augmented pairs, weights' moving average)",
         {"model": "unet", "lr": tune.loguniform(1e-4, 3e-3), "loss": tune.choice(LOSSES),
          "dropout": tune.uniform(0.0, 0.3), "width": tune.choice([24, 48, 96]),
          # no batch norm: it cost the UNet 1.7-2.5 dB test after 3 epochs on CBSD432 (and the report's TNet
          # 0.87 dB), so trials with it would only fill ASHA's first rung (docs/search-quality.md, session 14)
          "batchnorm": False,
+         # the output is the input plus the network's correction (residual learning; the paper's UNet
+         # outputs the image itself):
+         # +0.32 dB test after one epoch, +0.05 after ten with the lr falling to 0 (docs/search-quality.md, session 15)
+         "residual_output": True,
          # batch 16, not the report's 32: twice the steps for 5% more time an epoch on a CPU; at equal
          # wall time +0.17 dB on held-out photos, +0.07 at 30 minutes of a search (docs/search-quality.md, session 12)
          "batch_size": 16,

@@ -208,11 +208,13 @@ def test_speed_up_swaps_exactly_the_covered_layers_and_keeps_the_parameters(mode
     assert all(p is params_before[name] for name, p in net.named_parameters()), "parameters are shared, not copied"
 
 
-def test_a_model_trained_with_fast_layers_loads_into_the_plain_model_and_predicts_the_same():
+@pytest.mark.parametrize("model, hparams, fast", [("tnet", {}, ("dec1.0", UpConcatThinConv2d)),
+                                                 ("unet", {"width": 8, "residual_output": True}, ("head.2", ThinConv2d))])
+def test_a_model_trained_with_fast_layers_loads_into_the_plain_model_and_predicts_the_same(model, hparams, fast):
     torch.manual_seed(0)
     a = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
-    trainer = ReplicaTrainer(TrainSpec("tnet", lr=1e-3, batch_size=16, seeds=(3,)), fused=False)
-    assert trainer.fast_layers and isinstance(trainer.models[0].get_submodule("dec1.0"), UpConcatThinConv2d)
+    trainer = ReplicaTrainer(TrainSpec(model, hparams=hparams, lr=1e-3, batch_size=16, seeds=(3,)), fused=False)
+    assert trainer.fast_layers and isinstance(trainer.models[0].get_submodule(fast[0]), fast[1])
     trainer.train_epoch(a, a.flip(0))
     plain = trainer.replica_model(0)
     assert not any(isinstance(m, FAST) for m in plain.modules())
@@ -221,7 +223,8 @@ def test_a_model_trained_with_fast_layers_loads_into_the_plain_model_and_predict
     torch.testing.assert_close(trainer.predict(a[:8])[0], expected, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("model, hparams", [("unet", {"width": 8}), ("tnet", {}), ("tnet", {"dropout": 0.2})])
+@pytest.mark.parametrize("model, hparams", [("unet", {"width": 8}), ("unet", {"width": 8, "residual_output": True}),
+                                            ("tnet", {}), ("tnet", {"dropout": 0.2})])
 def test_fast_layers_train_the_same_losses_as_the_plain_layers(model, hparams):
     torch.manual_seed(1)
     # batch 32: large enough for the transposed path of UpConcatConv2d in TNet's dec2 and UNet's head

@@ -18,7 +18,8 @@ def test_tnet_with_batchnorm_has_about_43_5k_parameters():
 
 @pytest.mark.parametrize("name, hparams", [
     ("tnet", {}), ("tnet", {"batchnorm": True, "dropout": 0.2}), ("unet", {}),
-    ("unet", {"width": 24, "batchnorm": True}), ("basenet", {}), ("basenet", {"latent": 32}),
+    ("unet", {"width": 24, "batchnorm": True}), ("unet", {"residual_output": True}),
+    ("basenet", {}), ("basenet", {"latent": 32}),
 ])
 def test_models_map_images_to_images_of_the_same_shape(name, hparams):
     x = torch.rand(4, 3, 32, 32)
@@ -32,6 +33,18 @@ def test_tnet_works_for_embedding_widths_8_to_128(width):
     assert model(torch.rand(2, 3, 32, 32)).shape == (2, 3, 32, 32)
     if width != 32:
         assert count_parameters(model) != 43_064
+
+
+def test_a_residual_unet_is_the_same_network_plus_its_input():
+    torch.manual_seed(0)
+    plain = build_model("unet", width=16)
+    residual = build_model("unet", width=16, residual_output=True)
+    assert count_parameters(build_model("unet", residual_output=True)) == 991_203  # no parameters of its own
+    residual.load_state_dict(plain.state_dict())  # the same weights under the same names
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(residual(x), x + plain(x))
+        assert not torch.equal(residual(x), plain(x))
 
 
 def test_dropout_acts_only_in_training_mode():

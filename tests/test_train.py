@@ -50,11 +50,12 @@ FLOAT64_TOLERANCE = 1e-9
 
 
 @numeric
-@pytest.mark.parametrize("hparams", [{}, {"batchnorm": True}])
-def test_fused_replicas_train_the_same_numbers_as_separate_runs(synthetic, float64, hparams):
-    spec = TrainSpec("tnet", hparams=hparams, lr=1e-3, batch_size=32, epochs=2, seeds=(0, 1, 2))
+@pytest.mark.parametrize("model, hparams", [("tnet", {}), ("tnet", {"batchnorm": True}),
+                                            ("unet", {"width": 8, "residual_output": True})])
+def test_fused_replicas_train_the_same_numbers_as_separate_runs(synthetic, float64, model, hparams):
+    spec = TrainSpec(model, hparams=hparams, lr=1e-3, batch_size=32, epochs=2, seeds=(0, 1, 2))
     fused = ReplicaTrainer(spec, fused=True)
-    alone = [ReplicaTrainer(TrainSpec("tnet", hparams=hparams, lr=1e-3, batch_size=32, epochs=2, seeds=(s,)),
+    alone = [ReplicaTrainer(TrainSpec(model, hparams=hparams, lr=1e-3, batch_size=32, epochs=2, seeds=(s,)),
                             fused=False) for s in spec.seeds]
     a, b = synthetic.train_a[:96], synthetic.train_b[:96]  # 3 steps an epoch
     for _ in range(2):
