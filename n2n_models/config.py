@@ -19,7 +19,7 @@ from .losses import LOSSES, get_loss
 TARGETS = ("noisy", "clean")
 
 #: Which knobs each model's constructor takes (build_model(name, **hparams)); the models' names.
-MODEL_HPARAMS = {"tnet": ("width", "batchnorm", "dropout"),
+MODEL_HPARAMS = {"tnet": ("width", "batchnorm", "dropout", "residual_output"),
                  "unet": ("width", "batchnorm", "dropout", "residual_output"),
                  "basenet": ("latent",)}
 
@@ -83,9 +83,10 @@ KNOBS = (
          slug=lambda v: f"do{_short(v)}" if v else ""),
     Knob("width", int, None, "Width", "a positive integer (or null: the model's default)", lambda v: v >= 1,
          nullable=True, slug=lambda v: f"w{int(v)}"),
-    # UNet's output is its input plus what the network computes (residual learning: the network learns
-    # the correction); the Noise2Noise paper's UNet, the report's, outputs the image itself. Not the
-    # report's "Res" column, which says whether a model has skip connections
+    # the output is the input plus what the network computes (residual learning: the network learns
+    # the correction); the report's TNet and UNet output the image itself (TNet through a leaky ReLU
+    # on a convolution of its last features and the input). Not the report's "Res" column, which says
+    # whether a model has skip connections
     Knob("residual_output", bool, False, "Res. output", "true or false", show=_yes_no,
          slug=lambda v: "resout" if v else ""),
     Knob("latent", int, 8, "Latent", "a positive integer", lambda v: v >= 1, slug=lambda v: f"z{int(v)}"),

@@ -209,6 +209,7 @@ def test_speed_up_swaps_exactly_the_covered_layers_and_keeps_the_parameters(mode
 
 
 @pytest.mark.parametrize("model, hparams, fast", [("tnet", {}, ("dec1.0", UpConcatThinConv2d)),
+                                                 ("tnet", {"residual_output": True}, ("dec1.0", UpConcatThinConv2d)),
                                                  ("unet", {"width": 8, "residual_output": True}, ("head.2", ThinConv2d))])
 def test_a_model_trained_with_fast_layers_loads_into_the_plain_model_and_predicts_the_same(model, hparams, fast):
     torch.manual_seed(0)
@@ -224,7 +225,7 @@ def test_a_model_trained_with_fast_layers_loads_into_the_plain_model_and_predict
 
 
 @pytest.mark.parametrize("model, hparams", [("unet", {"width": 8}), ("unet", {"width": 8, "residual_output": True}),
-                                            ("tnet", {}), ("tnet", {"dropout": 0.2})])
+                                            ("tnet", {}), ("tnet", {"dropout": 0.2}), ("tnet", {"residual_output": True})])
 def test_fast_layers_train_the_same_losses_as_the_plain_layers(model, hparams):
     torch.manual_seed(1)
     # batch 32: large enough for the transposed path of UpConcatConv2d in TNet's dec2 and UNet's head

@@ -17,7 +17,7 @@ def test_tnet_with_batchnorm_has_about_43_5k_parameters():
 
 
 @pytest.mark.parametrize("name, hparams", [
-    ("tnet", {}), ("tnet", {"batchnorm": True, "dropout": 0.2}), ("unet", {}),
+    ("tnet", {}), ("tnet", {"batchnorm": True, "dropout": 0.2}), ("tnet", {"residual_output": True}), ("unet", {}),
     ("unet", {"width": 24, "batchnorm": True}), ("unet", {"residual_output": True}),
     ("basenet", {}), ("basenet", {"latent": 32}),
 ])
@@ -45,6 +45,21 @@ def test_a_residual_unet_is_the_same_network_plus_its_input():
     with torch.no_grad():
         assert torch.equal(residual(x), x + plain(x))
         assert not torch.equal(residual(x), plain(x))
+
+
+def test_a_residual_tnet_adds_its_input_to_the_output_convolution_in_place_of_the_leaky_relu():
+    torch.manual_seed(0)
+    plain = build_model("tnet").double()
+    residual = build_model("tnet", residual_output=True).double()
+    assert count_parameters(residual) == 43_064  # no parameters of its own
+    residual.load_state_dict(plain.state_dict())  # the same weights under the same names
+    x = torch.rand(4, 3, 32, 32, dtype=torch.float64)
+    with torch.no_grad():
+        correction = residual(x) - x  # the output convolution's result, to float64 rounding of x + it
+        # the plain TNet is that convolution through a leaky ReLU (0.1); float64 keeps the subtraction's
+        # rounding near 1e-16 of values of order 1
+        torch.testing.assert_close(torch.nn.functional.leaky_relu(correction, 0.1), plain(x), rtol=0, atol=1e-12)
+        assert (correction < 0).any()  # a negative correction is passed as it is, not scaled by 0.1
 
 
 def test_dropout_acts_only_in_training_mode():

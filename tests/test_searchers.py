@@ -230,6 +230,8 @@ def test_searches_start_from_the_reports_setting():
     assert (unet["lr"], unet["loss"], unet["dropout"], unet["width"]) == (1e-3, "l2", 0.0, 48)
     assert possible_values(SPACES["unet"].params, "batchnorm") == {False}  # no UNet trial trains with batch norm
     assert possible_values(SPACES["unet"].params, "residual_output") == {True}  # every UNet trial learns the correction
+    for knob, value in (("residual_output", True), ("augment", True), ("ema", 0.999)):  # every TNet trial too
+        assert possible_values(SPACES["tnet"].params, knob) == {value}
 
     searcher = tpe(start=(start_point(SPACE),), proposals=3)
     first = searcher.suggest("t1")

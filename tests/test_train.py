@@ -51,6 +51,7 @@ FLOAT64_TOLERANCE = 1e-9
 
 @numeric
 @pytest.mark.parametrize("model, hparams", [("tnet", {}), ("tnet", {"batchnorm": True}),
+                                            ("tnet", {"residual_output": True}),
                                             ("unet", {"width": 8, "residual_output": True})])
 def test_fused_replicas_train_the_same_numbers_as_separate_runs(synthetic, float64, model, hparams):
     spec = TrainSpec(model, hparams=hparams, lr=1e-3, batch_size=32, epochs=2, seeds=(0, 1, 2))
