@@ -1,5 +1,6 @@
 """The training loop: it denoises the built-in data, fused replicas equal separate runs, and a
 checkpoint restores training exactly."""
+import dataclasses
 import io
 
 import pytest
@@ -56,8 +57,7 @@ FLOAT64_TOLERANCE = 1e-9
 def test_fused_replicas_train_the_same_numbers_as_separate_runs(synthetic, float64, model, hparams):
     spec = TrainSpec(model, hparams=hparams, lr=1e-3, batch_size=32, epochs=2, seeds=(0, 1, 2))
     fused = ReplicaTrainer(spec, fused=True)
-    alone = [ReplicaTrainer(TrainSpec(model, hparams=hparams, lr=1e-3, batch_size=32, epochs=2, seeds=(s,)),
-                            fused=False) for s in spec.seeds]
+    alone = [ReplicaTrainer(dataclasses.replace(spec, seeds=(s,)), fused=False) for s in spec.seeds]
     a, b = synthetic.train_a[:96], synthetic.train_b[:96]  # 3 steps an epoch
     for _ in range(2):
         fused_loss = fused.train_epoch(a, b)
