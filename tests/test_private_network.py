@@ -28,6 +28,19 @@ def listening_ports(pid: int) -> set[int]:
     return ports
 
 
+def ray_daemons(pid: int) -> list[psutil.Process]:
+    """The GCS and raylet among the process's descendants. A short-lived descendant (a worker starting, a
+    probe's shell) may end between the listing and the look at its name: it is none of them."""
+    found = []
+    for p in psutil.Process(pid).children(recursive=True):
+        try:
+            if p.name() in ("gcs_server", "raylet"):
+                found.append(p)
+        except psutil.NoSuchProcess:
+            continue
+    return found
+
+
 def host_addresses() -> list[str]:
     """This machine's own addresses in the test's namespace, loopback and the others."""
     found = {"127.0.0.1"}
@@ -53,8 +66,7 @@ def test_local_ray_of_the_command_is_reachable_over_loopback_only(tmp_path):
         ray_procs = []
         deadline = time.time() + 120
         while time.time() < deadline and proc.poll() is None:
-            children = psutil.Process(proc.pid).children(recursive=True)
-            ray_procs = [p for p in children if p.name() in ("gcs_server", "raylet")]
+            ray_procs = ray_daemons(proc.pid)
             trained = list(tmp_path.glob("lo/trial_*/progress.csv"))  # a trial reported: Ray is fully up
             if len(ray_procs) == 2 and trained:
                 break
