@@ -1,6 +1,10 @@
 """What a search buys, at equal wall time: the test PSNR of the model a user takes home from
 
-  - the report's setting trained alone (docs/reproduction/report-tnet.json, one trial),
+  - the report's setting trained alone (docs/reproduction/report-tnet.json, one trial on all the
+    machine's CPUs: what the same minutes give without a search),
+  - the search's start trained alone: the space's constants (for `tnet`: augmented pairs, the
+    weights' moving average, the residual output) with every searched knob at the report's setting
+    (search.spaces.start_point), one trial on all the CPUs: what the search adds to its own start,
   - random search + ASHA,
   - TPE + ASHA,
   - TPE + ASHA + refit (the default),
@@ -15,6 +19,7 @@ for the refit comes from its replicas).
     python bench/search_quality.py [--minutes 10] [--search-seeds 3] [--data folder:../shared/data/CBSD432]
                                    [--train-size 20000] [--val-size 500] [--space tnet] [--amp] [--storage DIR]
                                    [--methods "report's setting alone" "TPE + ASHA + refit"] [--first-seed 0]
+                                   [--alone-cpus N]
 
 Every run is the real command, `python search/run.py ... --time-budget MINUTES`, one after the other
 (each with the machine to itself). The exported model is the one `analysis/report.py` exports
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -43,11 +49,16 @@ from analysis.export import exported, load_refit  # noqa: E402
 from analysis.load import load_experiment, read_results  # noqa: E402
 from analysis.tables import mean_pm_std  # noqa: E402
 from analysis.experiment_file import YARDSTICKS_FILE  # noqa: E402
+from n2n_models.config import KNOB, check_config  # noqa: E402
+from search.spaces import SPACES, start_point  # noqa: E402
+from ray.tune.search.sample import Domain  # noqa: E402
 
 BENCH_FILE = "bench.json"  # this bench's record of a run it made: its wall seconds
 REPORT_SETTING = REPO / "docs" / "reproduction" / "report-tnet.json"
+ALONE = None  # a method's flags: one configuration trained alone (alone_config)
 METHODS = {  # name: (flags, whether it depends on the search seed)
-    "report's setting alone": (["--configs", str(REPORT_SETTING), "--seeds", "1", "--epochs", "100000"], False),
+    "report's setting alone": (ALONE, False),
+    "the search's start alone": (ALONE, False),
     "random + ASHA": (["--searcher", "random", "--scheduler", "asha", "--no-refit"], True),
     "TPE + ASHA": (["--searcher", "optuna", "--scheduler", "asha", "--no-refit"], True),
     "TPE + ASHA + refit": (["--searcher", "optuna", "--scheduler", "asha"], True),
@@ -55,8 +66,25 @@ METHODS = {  # name: (flags, whether it depends on the search seed)
 }
 
 
-def run(name: str, flags: list[str], args, seed: int) -> dict:
+def alone_config(name: str, space: str) -> dict:
+    """The configuration an alone method trains, checked and complete: the report's setting, or
+    the search's start in `space` (its constants, every searched knob at the report's setting)."""
+    if name == "report's setting alone":
+        return check_config(json.loads(REPORT_SETTING.read_text()), str(REPORT_SETTING))
+    params = SPACES[space].params
+    constants = {k: v for k, v in params.items() if k in KNOB and not isinstance(v, Domain)}
+    return check_config({**constants, **start_point(params), "label": f"{space} start"}, f"space {space}")
+
+
+def run(name: str, flags: list[str] | None, args, seed: int) -> dict:
     folder = f"{name.replace(' ', '-').replace('+', '').replace(chr(39), '')}-seed{seed}"
+    config = None
+    if flags is ALONE:
+        config = alone_config(name, args.space)
+        config_file = args.storage / f"{folder}.json"
+        config_file.write_text(json.dumps(config) + "\n")
+        flags = ["--configs", str(config_file), "--seeds", "1", "--epochs", "100000",
+                 "--cpus-per-trial", str(args.alone_cpus)]
     command = [sys.executable, str(REPO / "search" / "run.py"), *flags, "--data", args.data, "--noise", args.noise,
                "--train-size", str(args.train_size), "--val-size", str(args.val_size),
                "--time-budget", str(args.minutes), "--search-seed", str(seed),
@@ -76,7 +104,7 @@ def run(name: str, flags: list[str], args, seed: int) -> dict:
             raise SystemExit(f"{name} failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
         (args.storage / folder / BENCH_FILE).write_text(json.dumps({"seconds": seconds}) + "\n")
     exp = load_experiment(args.storage / folder)
-    check_settings(exp, args, seed)
+    check_settings(exp, args, seed, config)
     if reused:
         print(f"[bench] {name}, seed {seed}: read from {exp.path} (run before)", flush=True)
     _, best = exported(exp, load_refit(exp))
@@ -102,15 +130,18 @@ def earlier_seconds(folder: Path) -> float | None:
     return float(json.loads(done.read_text())["seconds"])
 
 
-def check_settings(exp, args, seed: int):
-    """Stop the bench when the run in `exp` was made with other settings than this bench's."""
+def check_settings(exp, args, seed: int, config: dict | None):
+    """Stop the bench when the run in `exp` was made with other settings than this bench's
+    (`config`: an alone method's configuration)."""
     data = args.data
     if data.startswith("folder:"):  # the experiment file records the folder resolved
         data = f"folder:{Path(data[len('folder:'):]).resolve()}"
     wanted = {"noise": args.noise, "train_size": args.train_size, "val_size": args.val_size,
               "time_budget_min": args.minutes, "amp": args.amp, "search_seed": seed, "data": data}
-    if exp.spec.get("space") != "configs":
+    if config is None:
         wanted["space"] = args.space
+    else:
+        wanted.update(configs=[config], cpus_per_trial=args.alone_cpus)
     differ = [f"{k} {exp.spec.get(k)!r} (here {v!r})" for k, v in wanted.items() if exp.spec.get(k) != v]
     if differ:
         raise StorageTaken(f"{exp.path} was run with other settings: {', '.join(differ)}; pass another --storage")
@@ -150,6 +181,8 @@ def main(argv=None) -> int:
     p.add_argument("--space", default="tnet")
     p.add_argument("--amp", action="store_true", help="every run with --amp (bfloat16 autocast)")
     p.add_argument("--storage", type=Path, default=None)
+    p.add_argument("--alone-cpus", type=float, default=float(os.cpu_count() or 1),
+                   help="CPUs of the trial an alone method trains (default: all this machine's)")
     p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS), metavar="METHOD",
                    help="which of: " + "; ".join(METHODS) + " (default: all)")
     args = p.parse_args(argv)
@@ -158,6 +191,7 @@ def main(argv=None) -> int:
               f"for the built-in data", file=sys.stderr)
         return 2
     args.storage = args.storage or Path(tempfile.mkdtemp(prefix="search-quality-"))
+    args.storage.mkdir(parents=True, exist_ok=True)
     rows = []
     for name, (flags, seeded) in METHODS.items():
         if name not in args.methods:

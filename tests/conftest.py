@@ -1,6 +1,7 @@
 """Shared fixtures: one real local Ray for the whole session (2 CPUs, as CI's machine has, and 2
 logical GPUs), started on first use and stopped at the end; tests that build their own cluster
 shut it down first and the next test that needs it starts it again."""
+import importlib.util
 import os
 import signal
 import subprocess
@@ -87,6 +88,14 @@ def experiments(tmp_path_factory):
     for name, args in EXPERIMENT_ARGS.items():
         assert main([*args, *SMALL_EXPERIMENT, "--storage", str(storage), "--name", name]) == 0
     return {name: storage / name for name in EXPERIMENT_ARGS}
+
+
+def load_bench(name: str):
+    """A script of bench/ as a module (bench/ is no package)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{Path(name).stem}", REPO / "bench" / name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def run_cli(*args, timeout=300, env=None):

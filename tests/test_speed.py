@@ -2,28 +2,16 @@
 of bench/throughput.py, fused replicas train the same numbers as separate runs for every model,
 and the speed options (fusion choice, mixed precision) behave as documented. No timing here:
 speed is measured by the benchmarks (docs/benchmarks.md)."""
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 from torch import nn
 
+from conftest import load_bench
 from n2n_models.data import load_pairs
 from n2n_models.reference import ReferenceLoop
 from n2n_models.train import NotGroupable, ReplicaTrainer, TrainSpec, fused_by_default, group_replicas
 
 numeric = pytest.mark.numeric  # run again on the AVX2 code paths by .ci/run
-
-BENCH = Path(__file__).resolve().parents[1] / "bench"
-
-
-def _bench(name: str = "throughput.py"):
-    spec = importlib.util.spec_from_file_location(f"bench_{Path(name).stem}", BENCH / name)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.fixture(scope="module")
 def pairs():
@@ -123,7 +111,7 @@ def test_mixed_precision_trains_on_cpu_with_bfloat16_close_to_float32(pairs):
 @pytest.mark.slow
 @pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="the malloc settings are glibc's")
 def test_training_steps_reuse_freed_memory_instead_of_page_faulting_and_user_malloc_settings_win():
-    measure = _bench("allocator.py").measure  # a fresh process: the setting is process-wide
+    measure = load_bench("allocator.py").measure  # a fresh process: the setting is process-wide
     _, faults, applied = measure("tnet", 1, keep=True, train_size=640, epochs=1)
     assert applied
     assert faults < 50, f"{faults:.0f} page faults per TNet step"
@@ -135,7 +123,7 @@ def test_training_steps_reuse_freed_memory_instead_of_page_faulting_and_user_mal
 
 def test_the_throughput_bench_measures_each_fused_upsample_concatenation_at_its_real_shapes():
     layers = {name: (type(layer).__name__, tuple(low), tuple(skip))
-              for name, layer, low, skip in _bench().upsample_concat_layers("tnet", 4)}
+              for name, layer, low, skip in load_bench("throughput.py").upsample_concat_layers("tnet", 4)}
     assert layers == {"dec3.0": ("UpConcatConv2d", (4, 32, 1, 1), (4, 32, 4, 4)),
                       "dec2.0": ("UpConcatConv2d", (4, 32, 4, 4), (4, 32, 16, 16)),
                       "dec1.0": ("UpConcatThinConv2d", (4, 16, 16, 16), (4, 16, 32, 32))}
@@ -143,7 +131,7 @@ def test_the_throughput_bench_measures_each_fused_upsample_concatenation_at_its_
 
 def test_the_throughput_bench_refuses_an_unknown_section_before_measuring(capsys):
     with pytest.raises(SystemExit) as stop:
-        _bench().main(["--sections", "loops,layer"])
+        load_bench("throughput.py").main(["--sections", "loops,layer"])
     assert stop.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "unknown section(s) layer" in err and "layers" in err
@@ -151,13 +139,13 @@ def test_the_throughput_bench_refuses_an_unknown_section_before_measuring(capsys
 
 def test_the_throughput_bench_refuses_a_repeat_below_one_before_measuring(capsys):
     with pytest.raises(SystemExit) as stop:
-        _bench().main(["--sections", "loops", "--repeat", "0"])
+        load_bench("throughput.py").main(["--sections", "loops", "--repeat", "0"])
     assert stop.value.code == 2
     assert "--repeat must be at least 1, got 0" in capsys.readouterr().err
 
 
 def test_the_throughput_bench_summarises_repeated_runs_sorted_with_their_median(capsys):
-    _bench().repeat_summary({("tnet", 32): [(1.62, 1.50), (1.41, 1.55), (1.55, 1.38)]})
+    load_bench("throughput.py").repeat_summary({("tnet", 32): [(1.62, 1.50), (1.41, 1.55), (1.55, 1.38)]})
     lines = [" ".join(line.split()) for line in capsys.readouterr().out.strip().splitlines()[1:]]
     assert lines == ["tnet 32 3 ratio of the median times 1.41, 1.55, 1.62; median 1.55x",
                      "tnet 32 3 median of the per-round ratios 1.38, 1.50, 1.55; median 1.50x"]
