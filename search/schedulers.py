@@ -10,7 +10,6 @@ callbacks' saved state; tests/test_search_quality.py checks the outcome end to e
 from __future__ import annotations
 
 import os
-import random
 import tempfile
 
 from ray import tune
@@ -29,11 +28,14 @@ def make_scheduler(kind: str, epochs: int, seconds: float | None = None, mutatio
     (dropout, batch 16, width 128 on a CPU) as for others, and under a time budget configurations
     are compared at equal time, not at equal epochs (docs/search-quality.md)."""
     if kind == "pbt":
+        import random
+
         random.seed(seed)  # PBT draws its perturbations from Python's random module
-        return Population(
-            mutations, time_attr="time_total_s" if seconds is not None else "training_iteration",
+        return PopulationBasedTraining(
+            time_attr="time_total_s" if seconds is not None else "training_iteration",
             perturbation_interval=seconds / PBT_ROUNDS if seconds is not None else max(1, epochs // PBT_ROUNDS),
-            quantile_fraction=0.5, resample_probability=0.25)
+            hyperparam_mutations=mutations, quantile_fraction=0.5, resample_probability=0.25,
+            custom_explore_fn=KeepInRange(mutations))
     if kind == "asha" and seconds is not None:
         # rungs at 1/16, 1/8, 1/4, ... of the search's time; a trial still ends at its epochs
         return ASHAScheduler(time_attr="time_total_s", max_t=seconds, grace_period=seconds / 16,
@@ -57,52 +59,6 @@ class KeepInRange:
     def __call__(self, config: dict) -> dict:
         for key, (low, high) in self.bounds.items():
             config[key] = type(config[key])(min(max(config[key], low), high))
-        return config
-
-
-def unordered(values: list) -> bool:
-    """Whether a list of choices has no order to shift along (the losses), unlike numbers (batch sizes)."""
-    return not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
-
-
-class Population(PopulationBasedTraining):
-    """Ray's Population Based Training, except for a choice without an order (the loss). Ray's explore
-    moves such a knob to its neighbour in the list at every exchange, a no-op at either end half the
-    time: on two members both drawing L2, a search on text noise never trained L1, 1.6 dB better there
-    (docs/search-quality.md, session 17). Here a member that takes another's weights takes a value
-    no member has trained yet while there is one; then it keeps the copied value, and switches to
-    another with `resample_probability`. Numbers (lr, weight decay, batch size) are perturbed as Ray
-    does, then brought back into their ranges (KeepInRange)."""
-
-    def __init__(self, mutations: dict, resample_probability: float, **kwargs):
-        self.choices = {k: list(v) for k, v in mutations.items() if isinstance(v, list) and unordered(v)}
-        self.tried = {k: [] for k in self.choices}  # the values members have trained, first seen first
-        self.switch_probability = resample_probability
-        perturbed = {k: v for k, v in mutations.items() if k not in self.choices}
-        self.keep_in_range = KeepInRange(perturbed)
-        super().__init__(hyperparam_mutations=perturbed, resample_probability=resample_probability,
-                         custom_explore_fn=self.explore, **kwargs)
-
-    def on_trial_add(self, tune_controller, trial):
-        super().on_trial_add(tune_controller, trial)
-        for key in self.choices:
-            self.record(key, trial.config.get(key))
-
-    def record(self, key: str, value):
-        """A member trains `value` of the choice `key`."""
-        if value not in self.tried[key]:
-            self.tried[key].append(value)
-
-    def explore(self, config: dict) -> dict:
-        """The copied member's `config`, numbers already perturbed: each unordered choice explored."""
-        config = self.keep_in_range(config)
-        for key, values in self.choices.items():
-            untried = [v for v in values if v not in self.tried[key]]
-            if untried:
-                config[key] = random.choice(untried)
-            elif random.random() < self.switch_probability:
-                config[key] = random.choice([v for v in values if v != config[key]])
-            self.record(key, config[key])
         return config
 
 
