@@ -186,6 +186,8 @@ def main(argv=None) -> int:
     p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS), metavar="METHOD",
                    help="which of: " + "; ".join(METHODS) + " (default: all)")
     args = p.parse_args(argv)
+    if not args.alone_cpus > 0:
+        p.error(f"--alone-cpus must be above 0, got {args.alone_cpus:g}")
     if args.data.startswith("folder:") and not Path(args.data[len("folder:"):]).is_dir():
         print(f"skipped: {args.data[len('folder:'):]} is not here (the shared photos); pass --data photos "
               f"for the built-in data", file=sys.stderr)
